@@ -10,7 +10,7 @@ from handjax.mano.io import (
     load_npz,
     save_npz,
 )
-from handjax.mano.lbs import (
+from handjax.mano.skinning import (
     forward_kinematics,
     lbs,
     pose_correctives,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from handjax.mano.conventions import get_convention
-from handjax.mano.lbs import lbs, lbs_subset
+from handjax.mano.skinning import lbs, lbs_subset
 from handjax.mano.model import ManoModel
 
 
