@@ -16,11 +16,14 @@ MANO's:
   the part sizes allow, so id-based part lists are roughly right.
 
 Frame of the right hand (rest pose, metres, right-handed axes):
-  +x  wrist -> fingertips; the wrist joint is at the origin,
+  +x  wrist -> fingertips; the wrist joint is (within a millimetre) at the origin,
   +y  the palm normal: the palm faces +y, the back of the hand faces -y,
   +z  the radial side: the thumb lies towards +z.
-A right hand is anatomically correct in this frame. (MANO's own right template is this
-frame turned by 180 degrees about z: fingers along -x, palm facing -y, thumb towards +z.)
+A right hand is anatomically correct in this frame. (As far as known here, MANO's own
+right template is this frame turned by 180 degrees about z: fingers along -x, palm facing
+-y, thumb towards +z; a palm facing -y with fingers along +x and thumb at +z would be a
+left hand.) Like MANO's, the faces run the wrist loop against the listed order of
+WRIST_BOUNDARY_IDS, so published MANO wrist caps close this mesh too.
 Flexion (curling towards the palm) is a positive rotation about each chain's lateral axis
 (~ +z for the fingers), as in MANO.
 
@@ -33,11 +36,17 @@ Left hand = mirror image of the right one under M = diag(-1, 1, 1):
     (M R(w) M = R(-M w)); hands_coeffs, weights, J_regressor, kintree_table unchanged;
   * f: winding reversed ([0, 2, 1]) so that normals still point outwards.
 
+Shape space (beta i, positive = more): the generator's derivatives w.r.t. overall scale,
+finger length, palm width, thickness, thumb length, palm length, finger girth, finger
+spread, index-vs-ring length and wrist size, Gram-Schmidt orthogonalised in that order
+and scaled to 5.5 .. 2 mm largest vertex displacement per unit beta. Pose correctives
+bulge the skin around each bent joint (see _pose_correctives). Pose PCA: whole-hand curl,
+spread, per-finger curls, hook grip, thumb opposition/abduction, then a completion.
+
 Construction: a palm tube of seven cross-section rings (superellipses) from the open wrist
 loop to the knuckles, split once for the thumb and once into the four fingers (small
 two-triangle "web" patches close the crotches); each finger/thumb is a tube of 12-vertex
-rings ending in a rounded cap (a 6-vertex ring and an apex). Shape directions are the
-derivatives of this generator with respect to ten size knobs, Gram-Schmidt orthogonalised.
+rings ending in a rounded cap (a 6-vertex ring and an apex).
 """
 from __future__ import annotations
 
@@ -142,8 +151,8 @@ _PALM = (
 _THUMB_SPLIT_STATION = 3
 _THUMB_BLOCK = 10                   # vertices of the split ring that leave with the thumb
 _WRIST_JOINT_STATIONS = (0, 1)      # the wrist joint is the mean of these two rings
-_THUMB1_STATION = 2                 # thumb1 = mean of this ring's radial part ...
-_THUMB1_MIN_LATERAL = 0.35          # ... the vertices with (z - centre_z) / half_w above this
+_THUMB1_STATION = 2                 # thumb1 = mean of this ring's radial part: the vertices ...
+_THUMB1_MIN_LATERAL = 0.35          # ... whose z offset from the ring centroid exceeds this x max
 
 
 class _ChainSpec(NamedTuple):
@@ -182,11 +191,11 @@ _THUMB_RADII = ((1.45, 1.30), (1.15, 1.05), (1.05, 0.95), (0.95, 0.82))  # split
 _THUMB_RINGS = (2, 4, 3)
 _JOINT_BULGE = 0.05          # finger rings swell by 5 % at PIP / DIP
 _JOINT_BULGE_WIDTH = 0.45    # cm
+_GIRTH_RAMP = 1.5            # cm over which the girth knob fades in from each chain's base
 
 # Skinning blend half-widths (cm) at the first, second and third joint of each chain.
 _BLEND_FINGER = (1.2, 0.5, 0.45)
 _BLEND_THUMB = (1.0, 0.6, 0.5)
-_THUMB1_OFFSET = 1.0         # palm->thumb1 boundary sits this far distal of thumb1 (cm)
 _THUMB_AFFINITY = (1.6, 0.8)  # palm vertices within 1.6 +- 0.8 cm of the thumb axis follow it
 
 # Pose correctives: metres per unit of tr(R - I) (bulge) and of sin(flexion) (palmar bulge).
@@ -230,12 +239,11 @@ def _chain_frame(direction: np.ndarray, pad_ref: np.ndarray) -> Tuple[np.ndarray
     return t, np.cross(t, pal), pal
 
 
-def _tube_ring(centre, lat, pal, r_lat, r_pal, n) -> Tuple[np.ndarray, np.ndarray]:
-    """n points of an ellipse at angles 2 pi (i + 1/2) / n. Returns (points (n, 3), angles)."""
+def _tube_ring(centre, lat, pal, r_lat, r_pal, n) -> np.ndarray:
+    """(n, 3) points of an ellipse around centre at angles 2 pi (i + 1/2) / n from lat to pal."""
     theta = 2.0 * np.pi * (np.arange(n) + 0.5) / n
-    pts = (np.asarray(centre)[None] + (r_lat * np.cos(theta))[:, None] * lat[None]
-           + (r_pal * np.sin(theta))[:, None] * pal[None])
-    return pts, theta
+    return (np.asarray(centre)[None] + (r_lat * np.cos(theta))[:, None] * lat[None]
+            + (r_pal * np.sin(theta))[:, None] * pal[None])
 
 
 def _palm_curve(theta: np.ndarray, st: _PalmStation, width: float, thick: float,
@@ -377,8 +385,11 @@ def _knob_values(knobs: np.ndarray) -> Dict[str, float]:
     return dict(zip(_SHAPE_KNOBS, np.asarray(knobs, dtype=np.float64)))
 
 
+_Z_AXIS, _Y_AXIS = np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0])
+
+
 def _construct(knobs: np.ndarray, palm_angles: Optional[Tuple[np.ndarray, ...]] = None) -> _Construction:
-    """Build the right hand for shape knobs (zeros = template).
+    """Build the right hand for shape knobs (zeros = template), in cm, generation order.
 
     palm_angles: the palm rings' vertex angles; None computes them (equal arc length) and
     builds the faces. Passing the template's angles keeps every vertex at the same curve
@@ -387,14 +398,33 @@ def _construct(knobs: np.ndarray, palm_angles: Optional[Tuple[np.ndarray, ...]] 
     """
     k = _knob_values(knobs)
     b = _Builder(with_faces=palm_angles is None)
-    rings: Dict[str, np.ndarray] = {}
-    z_axis, y_axis, x_axis = np.array([0.0, 0, 1]), np.array([0.0, 1, 0]), np.array([1.0, 0, 0])
-
-    # --- palm rings (wrist -> before the knuckles)
     if palm_angles is None:
         palm_angles = tuple(_arc_length_angles(st) for st in _PALM)
-    width_gain = (0.0, 0.3, 0.7, 1.0, 1.0, 1.0)
-    wrist_gain = (1.0, 1.0, 0.5, 0.0, 0.0, 0.0)
+    rings: Dict[str, np.ndarray] = {}
+    frames: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    lengths: Dict[int, Tuple[float, float, float]] = {}
+    palm_ids = _add_palm(b, k, palm_angles, rings)
+    thumb_loop = _split_thumb(b, palm_ids)
+    base_loops = [_add_finger(b, k, spec, rings, frames, lengths) for spec in _FINGERS]
+    _join_knuckles(b, palm_ids[-1], base_loops, rings)
+    thumb_base = _add_thumb(b, k, thumb_loop, rings, frames, lengths)
+
+    points, chain, axial = b.arrays()
+    chain[thumb_loop] = _THUMB_CHAIN   # the split ring's radial block is the thumb's base
+    axial[thumb_loop] = 0.0
+    scale = 1 + k["scale"]
+    return _Construction(points * scale, chain, axial, np.asarray(b.faces, dtype=np.int64), rings,
+                         frames, lengths, thumb_base * scale, palm_angles)
+
+
+def _add_palm(b: _Builder, k: Dict[str, float], palm_angles, rings) -> List[np.ndarray]:
+    """Palm rings (wrist loop .. last ring before the knuckles), stitched up to the split.
+
+    Records rings 'wrist', 'palm<i>' (the wrist joint's rings) and 'thumb1' (the radial
+    part of ring _THUMB1_STATION: lateral coordinate above _THUMB1_MIN_LATERAL of its max).
+    """
+    width_gain = (0.0, 0.3, 0.7, 1.0, 1.0, 1.0)   # palm_width knob, per station
+    wrist_gain = (1.0, 1.0, 0.5, 0.0, 0.0, 0.0)   # wrist_size knob, per station
     palm_ids, palm_pts = [], []
     for i, (st, theta) in enumerate(zip(_PALM, palm_angles)):
         w_scale = (1 + k["palm_width"] * width_gain[i]) * (1 + k["wrist_size"] * wrist_gain[i])
@@ -404,92 +434,98 @@ def _construct(knobs: np.ndarray, palm_angles: Optional[Tuple[np.ndarray, ...]] 
         palm_pts.append(pts)
         palm_ids.append(b.add(pts, -1, np.nan))
     for i in range(_THUMB_SPLIT_STATION):
-        b.stitch(palm_ids[i], palm_ids[i + 1], z_axis, y_axis)
+        b.stitch(palm_ids[i], palm_ids[i + 1], _Z_AXIS, _Y_AXIS)
     rings["wrist"] = palm_ids[0]
     for i in _WRIST_JOINT_STATIONS:
         rings[f"palm{i}"] = palm_ids[i]
-    st1 = _PALM[_THUMB1_STATION]
-    lateral = (palm_pts[_THUMB1_STATION][:, 2] - st1.centre_z * (1 + k["palm_width"])) / st1.half_w
-    rings["thumb1"] = palm_ids[_THUMB1_STATION][lateral > _THUMB1_MIN_LATERAL * np.max(lateral)]
+    lateral = palm_pts[_THUMB1_STATION][:, 2] - palm_pts[_THUMB1_STATION][:, 2].mean()
+    rings["thumb1"] = palm_ids[_THUMB1_STATION][lateral > _THUMB1_MIN_LATERAL * lateral.max()]
+    return palm_ids
 
-    # --- thumb split: the _THUMB_BLOCK vertices centred on the radial side leave with the thumb
+
+def _split_thumb(b: _Builder, palm_ids: List[np.ndarray]) -> np.ndarray:
+    """Split the thumb's block off the split ring; stitch the rest of the palm. Returns the
+    thumb's base loop (the _THUMB_BLOCK split-ring vertices centred on the radial side)."""
     s_ids = palm_ids[_THUMB_SPLIT_STATION]
     n_s, half = len(s_ids), _THUMB_BLOCK // 2
-    thumb_sel = np.r_[n_s - half:n_s, 0:half]
-    main_sel = np.arange(half, n_s - half)
-    thumb_loop, main_loop = s_ids[thumb_sel], s_ids[main_sel]
+    thumb_loop = s_ids[np.r_[n_s - half:n_s, 0:half]]
+    main_loop = s_ids[half:n_s - half]
     b.web(thumb_loop[0], main_loop[-1], main_loop[0], thumb_loop[-1])
+    prev = main_loop
+    for ids in palm_ids[_THUMB_SPLIT_STATION + 1:]:
+        b.stitch(prev, ids, _Z_AXIS, _Y_AXIS)
+        prev = ids
+    return thumb_loop
 
-    # --- palm main part after the split
-    for i in range(_THUMB_SPLIT_STATION + 1, len(_PALM)):
-        prev_ids = main_loop if i == _THUMB_SPLIT_STATION + 1 else palm_ids[i - 1]
-        b.stitch(prev_ids, palm_ids[i], z_axis, y_axis)
 
-    # --- fingers
-    frames: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    lengths: Dict[int, Tuple[float, float, float]] = {}
-    base_loops = []
+def _add_finger(b: _Builder, k: Dict[str, float], spec: _ChainSpec, rings, frames,
+                lengths) -> np.ndarray:
+    """One finger tube from its knuckle ring to the tip; returns its base (knuckle) loop."""
     ratio = {"index": 1 + k["index_vs_ring"], "ring": 1 - k["index_vs_ring"],
-             "pinky": 1 - 0.5 * k["index_vs_ring"], "middle": 1.0}
-    for spec in _FINGERS:
-        yaw = np.deg2rad(spec.yaw_deg) * (1 + k["finger_spread"])
-        direction = np.array([np.cos(yaw), 0.0, np.sin(yaw)])
-        frame = _chain_frame(direction, y_axis)
-        frames[spec.chain] = frame
-        seg = tuple(L * (1 + k["finger_length"]) * ratio[spec.name] for L in spec.lengths)
-        lengths[spec.chain] = seg
-        girth = (1 + k["finger_girth"])
-        r0 = np.array([spec.radius_base[0] * girth, spec.radius_base[1] * girth * (1 + k["thickness"])])
-        r1 = np.array([spec.radius_tip[0] * girth, spec.radius_tip[1] * girth * (1 + k["thickness"])])
-        base = np.array([spec.base_x * (1 + k["palm_length"]), 0.0, spec.base_z * (1 + k["palm_width"])])
+             "pinky": 1 - 0.5 * k["index_vs_ring"], "middle": 1.0}[spec.name]
+    yaw = np.deg2rad(spec.yaw_deg) * (1 + k["finger_spread"])
+    frame = _chain_frame(np.array([np.cos(yaw), 0.0, np.sin(yaw)]), _Y_AXIS)
+    seg = tuple(L * (1 + k["finger_length"]) * ratio for L in spec.lengths)
+    frames[spec.chain], lengths[spec.chain] = frame, seg
+    r0, r1 = np.array(spec.radius_base), np.array(spec.radius_tip)
+    base = np.array([spec.base_x * (1 + k["palm_length"]), 0.0, spec.base_z * (1 + k["palm_width"])])
 
-        def radius(s, r0=r0, r1=r1, seg=seg):
-            total = sum(seg)
-            r = r0 + (r1 - r0) * min(max(s / total, 0.0), 1.0)
-            swell = sum(np.exp(-((s - j) / _JOINT_BULGE_WIDTH) ** 2) for j in (seg[0], seg[0] + seg[1]))
-            return r * (1 + _JOINT_BULGE * swell)
+    def radius(s):
+        r = r0 + (r1 - r0) * min(max(s / sum(seg), 0.0), 1.0)
+        swell = sum(np.exp(-((s - j) / _JOINT_BULGE_WIDTH) ** 2) for j in (seg[0], seg[0] + seg[1]))
+        return r * (1 + _JOINT_BULGE * swell) * _radius_gain(s, k, 1 + k["palm_width"], 1 + k["thickness"])
 
-        loop = _add_tube(b, spec.chain, base, frame, seg, radius, spec.rings, rings,
-                         base_loop=None, tip_radius=min(r1))
-        base_loops.append(loop)
+    return _add_tube(b, spec.chain, base, frame, seg, radius, spec.rings, rings,
+                     base_loop=None, tip_radius=min(radius(sum(seg))))
 
-    # knuckle ring: palmar halves radial -> ulnar, then dorsal halves ulnar -> radial
+
+def _join_knuckles(b: _Builder, last_palm: np.ndarray, base_loops: List[np.ndarray], rings) -> None:
+    """Stitch the last palm ring to the four finger base loops and close the crotches.
+
+    The knuckle ring lists the palmar halves radial -> ulnar, then the dorsal halves
+    ulnar -> radial (increasing palm angle); neighbouring loops are joined by web patches.
+    """
     half = _TUBE_RING // 2
-    pal_half = [loop[:half] for loop in base_loops]
-    dor_half = [loop[half:] for loop in base_loops]
-    knuckle = np.concatenate(pal_half + dor_half[::-1])
+    knuckle = np.concatenate([loop[:half] for loop in base_loops]
+                             + [loop[half:] for loop in base_loops[::-1]])
     rings["knuckle"] = knuckle
-    b.stitch(palm_ids[-1], knuckle, z_axis, y_axis)
+    b.stitch(last_palm, knuckle, _Z_AXIS, _Y_AXIS)
     for radial, ulnar in zip(base_loops[:-1], base_loops[1:]):
         b.web(radial[half], ulnar[-1], ulnar[0], radial[half - 1])
 
-    # --- thumb
+
+def _add_thumb(b: _Builder, k: Dict[str, float], thumb_loop: np.ndarray, rings, frames,
+               lengths) -> np.ndarray:
+    """The thumb tube from its base loop along _THUMB_DIR; returns the loop's centroid."""
     t, lat, pal = _chain_frame(np.asarray(_THUMB_DIR), np.asarray(_THUMB_PAD_REF))
-    frames[_THUMB_CHAIN] = (t, lat, pal)
-    thumb_pts = b.points_of(thumb_loop)
-    thumb_base = thumb_pts.mean(axis=0)
-    seg = (_THUMB_STATIONS[0], _THUMB_STATIONS[1] - _THUMB_STATIONS[0],
-           _THUMB_STATIONS[2] - _THUMB_STATIONS[1])
-    seg = tuple(L * (1 + k["thumb_length"]) for L in seg)
-    lengths[_THUMB_CHAIN] = seg
-    knots = np.cumsum((0.0,) + seg)
-    radii = np.array(_THUMB_RADII) * (1 + k["finger_girth"])
-    radii[:, 1] *= 1 + k["thickness"]
+    thumb_base = b.points_of(thumb_loop).mean(axis=0)
+    knots = np.concatenate([[0.0], np.asarray(_THUMB_STATIONS) * (1 + k["thumb_length"])])
+    seg = tuple(np.diff(knots))
+    frames[_THUMB_CHAIN], lengths[_THUMB_CHAIN] = (t, lat, pal), seg
+    radii = np.array(_THUMB_RADII)
 
-    def thumb_radius(s):
-        return np.array([np.interp(s, knots, radii[:, 0]), np.interp(s, knots, radii[:, 1])])
+    def radius(s):
+        r = np.array([np.interp(s, knots, radii[:, 0]), np.interp(s, knots, radii[:, 1])])
+        return r * _radius_gain(s, k, 1.0, 1.0)
 
-    # the chain's axial coordinate starts at the split ring (0), like the fingers' knuckles
-    _add_tube(b, _THUMB_CHAIN, thumb_base, (t, lat, pal), seg, thumb_radius, _THUMB_RINGS, rings,
-              base_loop=thumb_loop, tip_radius=min(radii[-1]))
+    _add_tube(b, _THUMB_CHAIN, thumb_base, (t, lat, pal), seg, radius, _THUMB_RINGS, rings,
+              base_loop=thumb_loop, tip_radius=min(radius(knots[-1])))
+    return thumb_base
 
-    points, chain, axial = b.arrays()
-    # the palm vertices that became base loops belong to their chain now (axial 0)
-    chain[thumb_loop] = _THUMB_CHAIN
-    axial[thumb_loop] = 0.0
-    scale = 1 + k["scale"]
-    return _Construction(points * scale, chain, axial, np.asarray(b.faces, dtype=np.int64), rings,
-                         frames, lengths, thumb_base * scale, palm_angles)
+
+def _radius_gain(s: float, k: Dict[str, float], base_lateral: float,
+                 base_palmar: float) -> np.ndarray:
+    """(lateral, palmar) factors on a chain's radii at axial s for shape knobs k.
+
+    Girth and thickness act fully from _GIRTH_RAMP cm beyond the chain's base ring; at the
+    base the radii follow the palm instead (base_lateral / base_palmar: the fingers' bases
+    follow the palm width and thickness; the thumb's base loop is a piece of the palm), so
+    neighbouring finger bases keep their spacing and the thin crotch patches never fold.
+    """
+    ramp = float(_smoothstep(np.asarray(2.0 * s / _GIRTH_RAMP - 1.0)))
+    girth, thick = 1 + k["finger_girth"], 1 + k["thickness"]
+    return np.array([girth * ramp + base_lateral * (1 - ramp),
+                     girth * thick * ramp + base_palmar * (1 - ramp)])
 
 
 def _add_tube(b: _Builder, chain: int, base: np.ndarray, frame, seg, radius, counts, rings,
@@ -502,7 +538,7 @@ def _add_tube(b: _Builder, chain: int, base: np.ndarray, frame, seg, radius, cou
     """
     t, lat, pal = frame
     if base_loop is None:
-        loop_ids = b.add(_tube_ring(base, lat, pal, *radius(0.0), _TUBE_RING)[0], chain, 0.0)
+        loop_ids = b.add(_tube_ring(base, lat, pal, *radius(0.0), _TUBE_RING), chain, 0.0)
     else:
         loop_ids = base_loop
     rings[f"{chain}:j1"] = loop_ids
@@ -513,7 +549,7 @@ def _add_tube(b: _Builder, chain: int, base: np.ndarray, frame, seg, radius, cou
                                for i in range(3)])
     prev_ids = loop_ids
     for s in stations:
-        ids = b.add(_tube_ring(base + s * t, lat, pal, *radius(s), _TUBE_RING)[0], chain, s)
+        ids = b.add(_tube_ring(base + s * t, lat, pal, *radius(s), _TUBE_RING), chain, s)
         b.stitch(prev_ids, ids, lat, pal)
         prev_ids = ids
         if np.isclose(s, knots[1]):
@@ -524,7 +560,7 @@ def _add_tube(b: _Builder, chain: int, base: np.ndarray, frame, seg, radius, cou
     r_eq = radius(equator)
     s_cap = total - 0.3 * tip_radius
     shrink = np.sqrt(1 - 0.7 ** 2)
-    cap = b.add(_tube_ring(base + s_cap * t, lat, pal, *(r_eq * shrink), _CAP_RING)[0], chain, s_cap)
+    cap = b.add(_tube_ring(base + s_cap * t, lat, pal, *(r_eq * shrink), _CAP_RING), chain, s_cap)
     b.stitch(prev_ids, cap, lat, pal)
     apex = b.add(base + total * t, chain, total)[0]
     b.fan(cap, apex)
@@ -563,14 +599,15 @@ def _hat_weights(z: np.ndarray, knots: np.ndarray) -> np.ndarray:
 def _skinning_weights(con: _Construction, thumb1: np.ndarray) -> np.ndarray:
     """LBS weights (V, 16), generation order, from the template construction (cm).
 
-    Chain vertices blend along their axial coordinate across the chain's joints. Palm
-    vertices follow the wrist, blending into each finger's first joint near its knuckle
-    (split between neighbouring fingers by a hat function across the knuckle line) and
-    into thumb1 near the thumb's metacarpal axis (thumb1 -> thumb base loop).
+    Chain vertices blend along their axial coordinate across the chain's joints; the
+    first joint's boundary is the chain's base ring (knuckle ring / thumb split ring),
+    where the weights are half parent, half joint. Palm vertices follow the wrist,
+    blending into each finger's first joint near its knuckle (split between neighbouring
+    fingers by a hat function across the knuckle line) and into thumb1 near the thumb's
+    metacarpal axis (thumb1 -> thumb base loop).
     """
     pts, chain, axial = con.points, con.chain, con.axial
     W = np.zeros((len(pts), NUM_JOINTS))
-    rows = np.arange(len(pts))
 
     def bounds(c):
         L = con.chain_lengths[c]
@@ -582,11 +619,11 @@ def _skinning_weights(con: _Construction, thumb1: np.ndarray) -> np.ndarray:
 
     # thumb axis through the palm: thumb1 -> centroid of the thumb's base loop
     u0 = _unit(con.thumb_base - thumb1)
-    b_thumb = ((thumb1 - con.thumb_base) @ u0 + _THUMB1_OFFSET,) + bounds(_THUMB_CHAIN)[1:]
+    b_thumb = bounds(_THUMB_CHAIN)
     sel = chain == _THUMB_CHAIN
     W[np.ix_(sel, _chain_joints(_THUMB_CHAIN))] += _chain_blend(axial[sel], b_thumb, _BLEND_THUMB)
 
-    palm = rows[chain < 0]
+    palm = np.flatnonzero(chain < 0)
     p = pts[palm]
     rel = p - thumb1
     rho = np.linalg.norm(rel - np.outer(rel @ u0, u0), axis=1)
