@@ -1,5 +1,5 @@
 """MANO as plain pytrees and pure functions (jit, vmap, grad, shardable)."""
-from handjax.mano.conventions import CONVENTIONS, MANO21_NAMES, Convention, get_convention
+from handjax.mano.conventions import CONVENTIONS, MANO21_NAMES, Convention, get_convention, joint_remap
 from handjax.mano.forward import ManoOutput, mano_forward, mano_joints
 from handjax.mano.io import (
     MANO_DOWNLOAD_HINT,

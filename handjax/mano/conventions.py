@@ -98,3 +98,13 @@ def get_convention(convention) -> Convention:
         return CONVENTIONS[convention]
     except KeyError:
         raise ValueError(f"unknown MANO convention {convention!r}; known: {sorted(CONVENTIONS)}") from None
+
+
+def joint_remap(src, dst) -> Tuple[int, ...]:
+    """Gather indices taking joints in ``src``'s order to ``dst``'s order, by joint name.
+
+    Like TempCLR's ``map_keypoints``: tips are matched by name even if the two
+    conventions use different tip vertices.
+    """
+    src_names = get_convention(src).joint_names
+    return tuple(src_names.index(n) for n in get_convention(dst).joint_names)

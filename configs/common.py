@@ -1,0 +1,34 @@
+"""Helpers shared by config files."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """big_vision-style 'key=value,key2=value2' config argument, typed by the defaults.
+
+    Unknown keys and values that do not parse as the default's type are errors naming the key.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return out
+    for item in arg.split(","):
+        if not item:
+            continue
+        if "=" not in item:
+            raise ValueError(f"config argument {item!r}: expected key=value (known keys: {sorted(defaults)})")
+        key, value = item.split("=", 1)
+        if key not in defaults:
+            raise ValueError(f"config argument: unknown key {key!r}; known keys: {sorted(defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config argument {key!r}: expected true/false, got {value!r}")
+            out[key] = value.lower() in ("true", "1")
+        elif isinstance(default, int):
+            out[key] = int(value)
+        elif isinstance(default, float):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out

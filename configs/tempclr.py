@@ -1,0 +1,65 @@
+r"""TempCLR: time-coherent contrastive pretraining, supervised fine-tuning, evaluation.
+
+Default: the whole recipe on the built-in synthetic hand videos, sized for a
+2-core CPU (about 15 minutes including data generation):
+
+  python -m handjax.main --config configs/tempclr.py --workdir /tmp/tempclr
+
+Arguments (``configs/tempclr.py:key=value,...``):
+  recipe=default|freihand|ho3d  paper scale: ResNet-50 (FreiHAND) or ResNet-18 (HO3D), 256x256 crops
+  pretrain=true|false           false: fine-tune from scratch (the no-pretraining baseline)
+  size=default|tiny             tiny: seconds-long smoke run (tests)
+Any key can be overridden, e.g. ``--config.finetune.num_steps=2000``.
+"""
+import ml_collections
+
+from configs.common import parse_arg
+
+
+def _optim(lr, warmup, schedule="cosine", name="adam", weight_decay=0.0):
+    return dict(name=name, lr=lr, schedule=schedule, warmup_steps=warmup, weight_decay=weight_decay,
+                grad_clip=0.0, final_lr_fraction=0.0, momentum=0.9, decay_steps=(), decay_rate=0.1)
+
+
+def get_config(arg=None):
+    a = parse_arg(arg, recipe="default", pretrain=True, size="default")
+    if a.recipe not in ("default", "freihand", "ho3d"):
+        raise ValueError(f"config argument 'recipe' must be default, freihand or ho3d, got {a.recipe!r}")
+    if a.size not in ("default", "tiny"):
+        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    c = ml_collections.ConfigDict()
+    c.system = "tempclr"
+    c.seed = 0
+    c.stages = ("pretrain", "finetune", "eval") if a.pretrain else ("finetune", "eval")
+    c.mano = dict(model_path="")  # empty: built-in licence-free hand model
+
+    c.data = dict(name="synthetic_hands", builder_config="default", data_dir="", image_size=64,
+                  joint_convention="freihand", num_workers=0, window=4, extra_negatives=0,
+                  augment=dict(scale=0.15, rotation_deg=20.0, translation=0.08, color=0.3, flip_left_to_right=True))
+    c.model = dict(depth=18, num_stages=3, hidden=(1024, 1024), projection=(512, 128), bf16=False)
+    common = dict(log_every=50, checkpoint_every=250, keep_checkpoints=2, summary_every=0)
+    c.pretrain = dict(num_steps=400, batch_size=32, temperature=0.5, equivariance=False,
+                      optim=_optim(1e-3, 20, weight_decay=1e-6, name="adamw"), **common)
+    c.finetune = dict(num_steps=700, batch_size=32, init_from="",
+                      loss_weights=dict(joints2d=1.0, joints3d=10.0, vertices=10.0, pose=1.0, betas=0.01),
+                      optim=_optim(1e-3, 20), **common)
+    c.eval = dict(split="test", batch_size=64, checkpoint="")
+
+    if a.recipe != "default":  # paper scale (real datasets, GPU/TPU)
+        c.model.depth = 50 if a.recipe == "freihand" else 18
+        c.data.name = a.recipe
+        c.data.image_size = 256
+        c.data.joint_convention = "freihand" if a.recipe == "freihand" else "ho3d"
+        c.pretrain.update(num_steps=100_000, batch_size=128, log_every=100, checkpoint_every=5000)
+        c.pretrain.optim = _optim(1e-4, 5000, name="lars", weight_decay=1e-6)
+        c.finetune.update(num_steps=100_000, batch_size=64, log_every=100, checkpoint_every=5000)
+        c.finetune.optim = _optim(1e-4, 1000)
+    if a.size == "tiny":
+        c.data.builder_config = "tiny"
+        c.data.image_size = 32
+        c.model.hidden = (64, 64)
+        c.model.projection = (64, 32)
+        for stage in (c.pretrain, c.finetune):
+            stage.update(num_steps=4, batch_size=8, log_every=2, checkpoint_every=2)
+        c.eval.batch_size = 8
+    return c

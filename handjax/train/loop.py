@@ -1,0 +1,228 @@
+"""One training loop for every handjax system.
+
+A system supplies a :class:`Task`: an NNX model and a loss function
+``loss_fn(model, batch, rng) -> (loss, metrics)`` that runs inside ``jax.jit``
+with the model in train mode. The loop owns everything else: a ``Mesh`` over
+all devices with a 'data' axis (batch sharded, parameters and optimizer state
+replicated, so BatchNorm statistics and contrastive negatives are global by
+construction), the optax optimizer, non-finite guards, Orbax checkpoints with
+the input iterator's state, automatic resume, TensorBoard and stdout logging
+(process 0 only).
+
+The input is any iterator of process-local numpy batches (dicts); the loop
+never imports a dataset module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from handjax.train.checkpoint import Checkpointer
+from handjax.train.optim import make_optimizer
+
+
+@dataclasses.dataclass
+class Task:
+    model: nnx.Module
+    loss_fn: Callable[[nnx.Module, dict, jax.Array], tuple]
+    trainable: Any = nnx.Param  # nnx filter of the optimised variables
+    summary_fn: Optional[Callable[[nnx.Module, dict], dict]] = None  # host side: name -> (N, H, W, 3) uint8
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    devices = devices if devices is not None else jax.devices()
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def global_batch(batch: dict, mesh) -> dict:
+    """Process-local numpy batch -> global jax arrays sharded on 'data' (batch axis 0)."""
+    sharding = NamedSharding(mesh, P("data"))
+    n_data = mesh.shape["data"] // jax.process_count()
+
+    def put(x):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % max(n_data, 1):
+            raise ValueError(f"per-process batch dimension {x.shape[:1]} must be divisible by the "
+                             f"{n_data} local devices of the 'data' mesh axis")
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, batch)
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+class _Logger:
+    def __init__(self, workdir: str, total_steps: int, name: str):
+        self.total, self.name = total_steps, name
+        self.writer = None
+        if _is_main():
+            from tensorboardX import SummaryWriter
+            self.logdir = os.path.join(workdir, "tb")
+            self.writer = SummaryWriter(self.logdir)
+        self.t0, self.s0 = time.time(), None
+
+    def scalars(self, step: int, values: dict):
+        if self.s0 is None:
+            self.t0, self.s0 = time.time(), step
+            rate = float("nan")
+        else:
+            rate = (step - self.s0) / max(time.time() - self.t0, 1e-9)
+        if not _is_main():
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(f"{self.name}/{k}", float(v), step)
+        if np.isfinite(rate):
+            self.writer.add_scalar(f"{self.name}/steps_per_sec", rate, step)
+        eta = (self.total - step) / rate if rate and np.isfinite(rate) and rate > 0 else float("nan")
+        eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if np.isfinite(eta) else "?"
+        shown = " ".join(f"{k} {float(v):.4g}" for k, v in values.items())
+        print(f"[{self.name}] step {step}/{self.total} {shown} ({rate:.2f} step/s, ETA {eta_s})", flush=True)
+
+    def images(self, step: int, images: dict):
+        if self.writer is not None:
+            for k, v in images.items():
+                self.writer.add_images(f"{self.name}/{k}", np.asarray(v), step, dataformats="NHWC")
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def init_state(model: nnx.Module, trainable, tx) -> tuple:
+    """(graphdef, train state) for ``model``: params, the rest of the model state, optimizer state, counters."""
+    graphdef, params, rest = nnx.split(model, trainable, ...)
+    state = {"params": params, "rest": rest, "opt_state": tx.init(params),
+             "step": jnp.zeros((), jnp.int32), "nonfinite": jnp.zeros((), jnp.int32)}
+    return graphdef, state
+
+
+def restore_model(model: nnx.Module, workdir: str, cfg, trainable=nnx.Param, step: Optional[int] = None) -> int:
+    """Load the model part of a checkpoint written by ``train`` (same config) into ``model``.
+
+    Returns the restored step. Raises FileNotFoundError naming the directory if there is none.
+    """
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {directory}")
+    tx, _ = make_optimizer(cfg.optim, int(cfg.num_steps))
+    _, state = init_state(model, trainable, tx)
+    ckpt = Checkpointer(directory, async_save=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {directory}")
+        state = ckpt.restore(step, state)
+    finally:
+        ckpt.close()
+    nnx.update(model, state["params"], state["rest"])
+    return int(step)
+
+
+def _train_step(graphdef, tx, loss_fn, trainable, state, batch, rng):
+    """One optimisation step; skips the update (and counts it) if the loss or a gradient is not finite."""
+    params, rest = state["params"], state["rest"]
+
+    def compute(p):
+        model = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, rest), copy=True)
+        loss, metrics = loss_fn(model, batch, rng)
+        return loss, (metrics, nnx.state(model, nnx.Not(trainable)))
+
+    (loss, (metrics, new_rest)), grads = jax.value_and_grad(compute, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = jax.tree.map(lambda p, u: p + u, params, updates)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = {
+        "params": keep(new_params, params),
+        "rest": keep(new_rest, rest),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "step": state["step"] + 1,
+        "nonfinite": state["nonfinite"] + (~finite).astype(jnp.int32),
+    }
+    metrics = dict(metrics, loss=loss)
+    return new_state, metrics
+
+
+def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train", mesh=None,
+          seed: int = 0) -> dict:
+    """Run ``cfg.num_steps`` steps; resume from ``workdir/checkpoints`` if present.
+
+    cfg: num_steps, optim (see handjax.train.optim), log_every, checkpoint_every,
+    keep_checkpoints, summary_every. Returns the last logged metrics; the
+    trained state is written back into ``task.model``.
+    """
+    mesh = mesh or make_mesh()
+    num_steps = int(cfg.num_steps)
+    tx, schedule = make_optimizer(cfg.optim, num_steps)
+    model = task.model
+    model.train()
+    graphdef, state = init_state(model, task.trainable, tx)
+    replicated = NamedSharding(mesh, P())
+    state = jax.device_put(state, replicated)
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(cfg.get("keep_checkpoints", 3)))
+    start = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, state, data)
+        start = int(state["step"])
+        if _is_main():
+            print(f"[{name}] resumed from {ckpt.directory} at step {start}", flush=True)
+
+    def step_fn(state, batch, rng):
+        return _train_step(graphdef, tx, task.loss_fn, task.trainable, state, batch, rng)
+
+    step_jit = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+    logger = _Logger(workdir, num_steps, name)
+    log_every = int(cfg.get("log_every", 50))
+    ckpt_every = int(cfg.get("checkpoint_every", 500))
+    summary_every = int(cfg.get("summary_every", 0))
+    base_rng = jax.random.key(seed)
+    last_metrics: dict = {}
+    last_good = latest
+    try:
+        for step in range(start, num_steps):
+            local = next(data)
+            batch = global_batch(local, mesh)
+            state, metrics = step_jit(state, batch, jax.random.fold_in(base_rng, step))
+            done = step + 1
+            is_log = done % log_every == 0 or done == num_steps
+            is_ckpt = done % ckpt_every == 0 or done == num_steps
+            if is_log or is_ckpt:
+                if int(state["nonfinite"]) > 0:
+                    raise NonFiniteLossError(
+                        f"[{name}] non-finite loss or gradient before step {done}; stopping. Updates on those "
+                        f"steps were skipped; the last good checkpoint is step {last_good} in {ckpt.directory}")
+                last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                last_metrics["lr"] = float(schedule(step))
+                if is_log:
+                    logger.scalars(done, last_metrics)
+                if is_ckpt:
+                    ckpt.save(done, state, data)
+                    last_good = done
+            if summary_every and task.summary_fn is not None and done % summary_every == 0 and _is_main():
+                nnx.update(model, state["params"], state["rest"])
+                model.eval()
+                logger.images(done, task.summary_fn(model, local))
+                model.train()
+    finally:
+        ckpt.close()
+        logger.close()
+        # Write the latest state back (also when stopping on a non-finite loss: skipped updates keep it good).
+        nnx.update(model, state["params"], state["rest"])
+    return last_metrics

@@ -1,0 +1,178 @@
+"""TempCLR recipe: contrastive pretraining -> supervised fine-tuning -> evaluation.
+
+``run(cfg, workdir, data)`` runs the stages listed in ``cfg.stages``. ``data``
+is a factory supplied by ``handjax.main`` (the loop never imports datasets):
+``data(split=..., mode='frame'|'window', batch_size=..., train=bool, seed=...)``
+returns an iterator of process-local numpy batches (see
+``data_pipelines.pipeline`` for the format); evaluation iterators are finite
+and mark padded samples with ``valid=False``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from handjax import mano
+from handjax.eval import MetricAccumulator, hand_metrics
+from handjax.geometry import axis_angle_to_matrix
+from handjax.losses import (keypoint_l1, nt_xent, param_mse, root_relative, undo_equivariance,
+                            weighted_sum, window_pairs)
+from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
+from handjax.train.loop import Task, global_batch, make_mesh, restore_model, train
+
+MODEL_CONVENTION = "tempclr"
+
+
+def build_model(cfg, with_projection: bool, seed: int = 0) -> TempCLRModel:
+    m = cfg.model
+    return TempCLRModel(depth=int(m.depth), rngs=nnx.Rngs(seed), num_stages=int(m.num_stages),
+                        hidden=tuple(m.hidden), projection=tuple(m.projection) if with_projection else None,
+                        dtype=jnp.bfloat16 if m.get("bf16", False) else jnp.float32)
+
+
+def pretrain_loss(model, batch, rng, *, temperature: float, equivariance: bool):
+    """NT-Xent over the global batch of temporal windows (B, k, ...): frames 0/1 are positives."""
+    images = batch["image"]
+    b, k = images.shape[:2]
+    z = model.embed(images.reshape((b * k,) + images.shape[2:]))
+    if equivariance:
+        z = undo_equivariance(z, batch["aug_rotation"].reshape(-1), batch["aug_translation"].reshape(-1, 2))
+    positive, anchor = window_pairs(b, k)
+    loss = nt_xent(z, positive, temperature, anchor)
+    return loss, {"nt_xent": loss}
+
+
+def finetune_loss(model, batch, rng, *, mano_model, remap, weights, image_size: int):
+    """Supervised losses on the last stage (TempCLR's pose_last_stage), in the dataset's joint order."""
+    del rng
+    params = model(batch["image"])[-1]
+    out = decode(params, mano_model, with_mesh=float(weights.get("vertices", 0)) > 0, convention=MODEL_CONVENTION)
+    idx = jnp.array(remap)
+    joints, proj = out["joints"][:, idx], out["proj_joints"][:, idx]
+    ones = jnp.ones(joints.shape[0], bool)
+    valid = lambda key: batch.get("has_" + key, ones)
+    gt_rot = axis_angle_to_matrix(batch["mano_pose"].reshape(-1, 16, 3))
+    terms = {
+        "joints2d": keypoint_l1(proj, 2.0 * batch["joints2d"] / image_size - 1.0, valid("joints2d")),
+        "joints3d": keypoint_l1(root_relative(joints, joints), root_relative(batch["joints3d"], batch["joints3d"]),
+                                valid("joints3d")),
+        "pose": param_mse(out["rotmats"], gt_rot, valid("mano")),
+        "betas": param_mse(out["betas"], batch["betas"], valid("mano")),
+    }
+    if out["vertices"] is not None:
+        terms["vertices"] = keypoint_l1(root_relative(out["vertices"], joints),
+                                        root_relative(batch["vertices"], batch["joints3d"]), valid("vertices"))
+    total, used = weighted_sum(terms, weights)
+    return total, used
+
+
+def predict_fn(mano_model, remap):
+    """jit-able (model, images) -> joints (dataset order) and vertices, in metres."""
+
+    def predict(model, images):
+        out = decode(model(images)[-1], mano_model, convention=MODEL_CONVENTION)
+        return out["joints"][:, jnp.array(remap)], out["vertices"]
+
+    return predict
+
+
+def evaluate(model, predict, data_iter, mesh) -> dict:
+    """Metrics of ``model`` over a finite iterator (padded samples carry valid=False)."""
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, images):
+        return predict(nnx.merge(graphdef, state), images)
+
+    acc = MetricAccumulator()
+    for local in data_iter:
+        images = global_batch({"image": local["image"]}, mesh)["image"]
+        joints, verts = jax.device_get(step(state, images))
+        per_sample = hand_metrics(joints, local["joints3d"], verts, local["vertices"])
+        acc.add(per_sample, local.get("valid"))
+    return acc.result()
+
+
+def mean_pose_metrics(mano_model, remap, data_iter) -> dict:
+    """Baseline: the regressor's starting point x0 (mean pose/shape) predicted for every image."""
+    out = decode(default_mean_param()[None], mano_model, convention=MODEL_CONVENTION)
+    joints, verts = np.asarray(out["joints"][:, jnp.array(remap)]), np.asarray(out["vertices"])
+    acc = MetricAccumulator()
+    for local in data_iter:
+        n = len(local["joints3d"])
+        per_sample = hand_metrics(np.repeat(joints, n, 0), local["joints3d"], np.repeat(verts, n, 0), local["vertices"])
+        acc.add(per_sample, local.get("valid"))
+    return acc.result()
+
+
+def _copy_backbone(src: TempCLRModel, dst: TempCLRModel):
+    """TempCLR's fine-tune init: keep only backbone weights (params and BN statistics)."""
+    nnx.update(dst.backbone, nnx.state(src.backbone))
+
+
+def run(cfg, workdir: str, data) -> dict:
+    stages = tuple(cfg.stages)
+    unknown = set(stages) - {"pretrain", "finetune", "eval"}
+    if unknown:
+        raise ValueError(f"config key 'stages': unknown stage(s) {sorted(unknown)}; use pretrain, finetune, eval")
+    mano_model = mano.load_model(cfg.mano.model_path or None, "right")
+    remap = mano.joint_remap(MODEL_CONVENTION, cfg.data.joint_convention)
+    mesh = make_mesh()
+    image_size = int(cfg.data.image_size)
+    results = {}
+    pre_dir, ft_dir = os.path.join(workdir, "pretrain"), os.path.join(workdir, "finetune")
+
+    pretrained = None
+    if "pretrain" in stages:
+        p = cfg.pretrain
+        pretrained = build_model(cfg, with_projection=True, seed=cfg.seed)
+        loss = functools.partial(pretrain_loss, temperature=float(p.temperature), equivariance=bool(p.equivariance))
+        it = data(split="train", mode="window", batch_size=int(p.batch_size), train=True, seed=cfg.seed)
+        results["pretrain"] = train(Task(pretrained, loss), it, p, pre_dir, name="pretrain", mesh=mesh, seed=cfg.seed)
+
+    model = build_model(cfg, with_projection=False, seed=cfg.seed + 1)
+    if "finetune" in stages:
+        f = cfg.finetune
+        init_from = f.init_from or (pre_dir if "pretrain" in stages else "")
+        if init_from:
+            if pretrained is None:
+                pretrained = build_model(cfg, with_projection=True, seed=cfg.seed)
+                restore_model(pretrained, init_from, cfg.pretrain)
+            _copy_backbone(pretrained, model)
+            print(f"[finetune] backbone initialised from contrastive pretraining ({init_from})", flush=True)
+        loss = functools.partial(finetune_loss, mano_model=mano_model, remap=remap, weights=dict(f.loss_weights),
+                                 image_size=image_size)
+        it = data(split="train", mode="frame", batch_size=int(f.batch_size), train=True, seed=cfg.seed + 1)
+        results["finetune"] = train(Task(model, loss), it, f, ft_dir, name="finetune", mesh=mesh, seed=cfg.seed + 1)
+    elif "eval" in stages:
+        restore_model(model, cfg.eval.checkpoint or ft_dir, cfg.finetune)
+
+    if "eval" in stages:
+        e = cfg.eval
+        make_it = lambda: data(split=e.split, mode="frame", batch_size=int(e.batch_size), train=False, seed=0)
+        results["eval"] = {
+            "mean pose (x0)": mean_pose_metrics(mano_model, remap, make_it()),
+            "fine-tuned" + (" (with TempCLR pretraining)" if "pretrain" in stages or cfg.finetune.init_from else
+                            " (no pretraining)"): evaluate(model, predict_fn(mano_model, remap), make_it(), mesh),
+        }
+        if jax.process_index() == 0:
+            print(format_table(results["eval"]), flush=True)
+            with open(os.path.join(workdir, "eval_metrics.json"), "w") as fh:
+                json.dump(results["eval"], fh, indent=2)
+    return results
+
+
+def format_table(rows: dict) -> str:
+    cols = ["mpjpe_mm", "pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "auc_pa"]
+    width = max(len(r) for r in rows) + 2
+    lines = [f"{'model':<{width}}" + "".join(f"{c:>13}" for c in cols)]
+    for name, m in rows.items():
+        lines.append(f"{name:<{width}}" + "".join(f"{m.get(c, float('nan')):>13.3f}" for c in cols))
+    return "\n".join(lines)

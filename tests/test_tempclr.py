@@ -1,0 +1,177 @@
+"""TempCLR model, losses and the generic training loop on tiny hand-made batches."""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from handjax import mano
+from handjax.geometry import matrix_to_rot6d
+from handjax.losses import nt_xent, window_pairs
+from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
+from handjax.train import Task, make_mesh, train
+from handjax.train import tempclr as recipe
+
+S = 32  # image size
+B = 8
+
+
+def _np_nt_xent(z, pos, tau, anchor):
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    sim = z @ z.T / tau
+    np.fill_diagonal(sim, -np.inf)
+    losses = []
+    for i in range(len(z)):
+        if anchor[i]:
+            losses.append(-(sim[i, pos[i]] - np.log(np.sum(np.exp(sim[i][np.isfinite(sim[i])])))))
+    return np.mean(losses)
+
+
+def test_nt_xent_matches_numpy():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(12, 16)).astype(np.float32)
+    pos, anchor = window_pairs(4, 3)
+    assert list(np.asarray(pos[:6])) == [1, 0, 2, 4, 3, 5] and list(np.asarray(anchor[:3])) == [True, True, False]
+    for tau in (0.1, 0.5):
+        ours = float(nt_xent(jnp.asarray(z), pos, tau, anchor))
+        np.testing.assert_allclose(ours, _np_nt_xent(z, np.asarray(pos), tau, np.asarray(anchor)), rtol=1e-5)
+
+
+def test_nt_xent_global_batch_on_mesh_equals_single_device():
+    mesh = make_mesh()
+    z = jnp.asarray(np.random.default_rng(1).normal(size=(16, 8)), jnp.float32)
+    pos, anchor = window_pairs(8, 2)
+    sharded = jax.device_put(z, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    f = jax.jit(lambda z: nt_xent(z, pos, 0.5, anchor))
+    np.testing.assert_allclose(f(sharded), nt_xent(z, pos, 0.5, anchor), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return mano.load_model(None)
+
+
+def test_decode_mean_param_is_rest_pose(hand):
+    out = decode(default_mean_param()[None], hand)
+    np.testing.assert_allclose(out["vertices"][0], hand.v_template, atol=1e-6)
+    np.testing.assert_allclose(out["camera_scale"], 0.9, rtol=1e-6)
+    np.testing.assert_allclose(out["proj_joints"][0], 0.9 * out["joints"][0, :, :2], atol=1e-6)
+    # interleaved 6D layout: a rotation's first two columns, row-major
+    R = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0] * [1, 1, -1] if False else
+                    jnp.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]))
+    x = default_mean_param().at[:6].set(matrix_to_rot6d(R, "interleaved"))
+    np.testing.assert_allclose(decode(x[None], hand)["rotmats"][0, 0], R, atol=1e-6)
+
+
+def _cfg(**kw):
+    c = ml_collections.ConfigDict(dict(num_steps=6, log_every=2, checkpoint_every=3, keep_checkpoints=2,
+                                       optim=dict(name="adam", lr=1e-3, schedule="constant", warmup_steps=0)))
+    c.update(kw)
+    return c
+
+
+def _batch(hand, seed=0, n=B):
+    """A labelled batch made directly with MANO (random pose/shape, noise images)."""
+    rng = np.random.default_rng(seed)
+    aa = rng.normal(0, 0.3, (n, 48)).astype(np.float32)
+    betas = rng.normal(0, 1, (n, 10)).astype(np.float32)
+    out = mano.mano_forward(hand, mano.from_axis_angle(hand, jnp.asarray(aa)), jnp.asarray(betas), convention="freihand")
+    joints = np.asarray(out.joints)
+    return {
+        "image": rng.normal(size=(n, S, S, 3)).astype(np.float32),
+        "joints2d": ((joints[:, :, :2] * 2 + 1) * S / 2).astype(np.float32),
+        "joints3d": joints, "vertices": np.asarray(out.vertices), "mano_pose": aa, "betas": betas,
+    }
+
+
+class _ListIter:
+    """A restorable iterator over fixed batches (state: bytes, as grain's DataLoader)."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+    def get_state(self):
+        return json.dumps({"i": self.i}).encode()
+
+    def set_state(self, s):
+        self.i = json.loads(s)["i"]
+
+    def start_prefetch(self):  # called by grain's checkpoint handler after a restore
+        pass
+
+
+def _model(seed=0):
+    return TempCLRModel(depth=18, rngs=nnx.Rngs(seed), hidden=(64, 64))
+
+
+def _loss(hand):
+    return functools.partial(recipe.finetune_loss, mano_model=hand, remap=mano.joint_remap("tempclr", "freihand"),
+                             weights={"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "pose": 1.0, "betas": 0.1},
+                             image_size=S)
+
+
+def test_overfitting_one_batch_reduces_loss(hand, tmp_path):
+    model = _model()
+    batch = _batch(hand)
+    loss_fn = _loss(hand)
+    cfg = _cfg(num_steps=30, log_every=1, checkpoint_every=100)
+    losses = []
+    orig = loss_fn
+
+    def recording(m, b, r):
+        return orig(m, b, r)
+
+    first = float(orig(model, jax.tree.map(jnp.asarray, batch), None)[0])
+    metrics = train(Task(model, recording), _ListIter([batch]), cfg, str(tmp_path), name="overfit")
+    assert metrics["loss"] < 0.5 * first, (first, metrics)
+
+
+def _final_params(model):
+    return jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+
+
+def test_eight_devices_equal_one_device(hand, tmp_path):
+    batch = _batch(hand, seed=1)
+    results = []
+    for n_dev in (8, 1):
+        model = _model()
+        # SGD: the update is linear in the gradient, so only summation order differs between meshes
+        cfg = _cfg(num_steps=1, checkpoint_every=100, optim=dict(name="sgd", lr=0.1, momentum=0.0, schedule="constant"))
+        train(Task(model, _loss(hand)), _ListIter([batch]), cfg,
+              str(tmp_path / f"d{n_dev}"), mesh=make_mesh(jax.devices()[:n_dev]))
+        results.append(_final_params(model))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), *results)
+
+
+def test_resume_equals_uninterrupted(hand, tmp_path):
+    batches = [_batch(hand, seed=s) for s in range(3)]
+    full = _model()
+    m_full = train(Task(full, _loss(hand)), _ListIter(batches), _cfg(num_steps=6), str(tmp_path / "full"))
+    part = _model()
+    train(Task(part, _loss(hand)), _ListIter(batches), _cfg(num_steps=3), str(tmp_path / "part"))
+    resumed = _model(seed=5)  # different init: everything must come from the checkpoint
+    m_res = train(Task(resumed, _loss(hand)), _ListIter(batches), _cfg(num_steps=6), str(tmp_path / "part"))
+    np.testing.assert_allclose(m_res["loss"], m_full["loss"], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), _final_params(resumed), _final_params(full))
+
+
+def test_nonfinite_loss_stops_with_clear_message(hand, tmp_path):
+    from handjax.train import NonFiniteLossError
+    batch = _batch(hand)
+    bad = dict(batch, joints3d=np.full_like(batch["joints3d"], np.nan))
+    model = _model()
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint is step 3"):
+        train(Task(model, _loss(hand)), _ListIter([batch] * 3 + [bad] * 3), _cfg(num_steps=6), str(tmp_path))
+    assert np.all(np.isfinite(jax.tree.leaves(_final_params(model))[0]))
