@@ -13,7 +13,7 @@ Any key can be overridden, e.g. ``--config.finetune.num_steps=2000``.
 """
 import ml_collections
 
-from configs.common import parse_arg
+from handjax.config_utils import parse_arg
 
 
 def _optim(lr, warmup, schedule="cosine", name="adam", weight_decay=0.0):
@@ -30,19 +30,20 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.system = "tempclr"
     c.seed = 0
-    c.stages = ("pretrain", "finetune", "eval") if a.pretrain else ("finetune", "eval")
+    c.stages = "pretrain,finetune,eval" if a.pretrain else "finetune,eval"  # comma-separated
     c.mano = dict(model_path="")  # empty: built-in licence-free hand model
 
     c.data = dict(name="synthetic_hands", builder_config="default", data_dir="", image_size=64,
                   joint_convention="freihand", num_workers=0, window=4, extra_negatives=0,
-                  augment=dict(scale=0.15, rotation_deg=20.0, translation=0.08, color=0.3, flip_left_to_right=True))
+                  augment=dict(scale=0.2, rotation=30.0, shift=0.1, flip="left_to_right", brightness=0.4,
+                               contrast=0.4, saturation=0.4, hue=0.05))
     c.model = dict(depth=18, num_stages=3, hidden=(1024, 1024), projection=(512, 128), bf16=False)
     common = dict(log_every=50, checkpoint_every=250, keep_checkpoints=2, summary_every=0)
     c.pretrain = dict(num_steps=400, batch_size=32, temperature=0.5, equivariance=False,
                       optim=_optim(1e-3, 20, weight_decay=1e-6, name="adamw"), **common)
     c.finetune = dict(num_steps=700, batch_size=32, init_from="",
                       loss_weights=dict(joints2d=1.0, joints3d=10.0, vertices=10.0, pose=1.0, betas=0.01),
-                      optim=_optim(1e-3, 20), **common)
+                      optim=_optim(1e-3, 20), **dict(common, summary_every=350))
     c.eval = dict(split="test", batch_size=64, checkpoint="")
 
     if a.recipe != "default":  # paper scale (real datasets, GPU/TPU)
@@ -61,5 +62,6 @@ def get_config(arg=None):
         c.model.projection = (64, 32)
         for stage in (c.pretrain, c.finetune):
             stage.update(num_steps=4, batch_size=8, log_every=2, checkpoint_every=2)
+        c.finetune.summary_every = 4
         c.eval.batch_size = 8
     return c

@@ -9,7 +9,7 @@ import importlib
 import json
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with optional ':arg=val,...').",
@@ -23,6 +23,7 @@ SYSTEMS = {"tempclr": "handjax.train.tempclr"}
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, tfds) out of the progress lines
     import jax
 
     from data_pipelines.factory import make_data_factory

@@ -73,6 +73,7 @@ class _Logger:
         if _is_main():
             from tensorboardX import SummaryWriter
             self.logdir = os.path.join(workdir, "tb")
+            self.pngdir = os.path.join(workdir, "summaries")
             self.writer = SummaryWriter(self.logdir)
         self.t0, self.s0 = time.time(), None
 
@@ -91,12 +92,19 @@ class _Logger:
         eta = (self.total - step) / rate if rate and np.isfinite(rate) and rate > 0 else float("nan")
         eta_s = f"{int(eta // 60)}m{int(eta % 60):02d}s" if np.isfinite(eta) else "?"
         shown = " ".join(f"{k} {float(v):.4g}" for k, v in values.items())
-        print(f"[{self.name}] step {step}/{self.total} {shown} ({rate:.2f} step/s, ETA {eta_s})", flush=True)
+        rate_s = f"{rate:.2f} step/s" if np.isfinite(rate) else "- step/s"
+        print(f"[{self.name}] step {step}/{self.total} {shown} ({rate_s}, ETA {eta_s})", flush=True)
 
     def images(self, step: int, images: dict):
-        if self.writer is not None:
-            for k, v in images.items():
-                self.writer.add_images(f"{self.name}/{k}", np.asarray(v), step, dataformats="NHWC")
+        """TensorBoard images, plus a PNG (panels stacked vertically) under workdir/summaries."""
+        if self.writer is None:
+            return
+        from PIL import Image
+        os.makedirs(self.pngdir, exist_ok=True)
+        for k, v in images.items():
+            v = np.asarray(v)
+            self.writer.add_images(f"{self.name}/{k}", v, step, dataformats="NHWC")
+            Image.fromarray(np.concatenate(list(v), axis=0)).save(os.path.join(self.pngdir, f"{k}_{step:07d}.png"))
 
     def close(self):
         if self.writer is not None:

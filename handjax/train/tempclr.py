@@ -82,6 +82,42 @@ def predict_fn(mano_model, remap):
     return predict
 
 
+WEAK_PERSPECTIVE_DEPTH = 20.0  # metres: a far pinhole camera that reproduces the weak-perspective projection
+
+
+def summary_fn(mano_model, remap, image_size: int, num_images: int = 4):
+    """Re-projection summaries (host side): crop with GT joints | predicted joints | predicted mesh over the crop."""
+    from handjax import render
+    from handjax.eval.visualize import denormalize, draw_skeleton, overlay
+
+    @nnx.jit
+    def predict(model, images):
+        return decode(model(images)[-1], mano_model, convention=MODEL_CONVENTION)
+
+    def summarize(model, batch):
+        images = jnp.asarray(batch["image"][:num_images])
+        out = predict(model, images)
+        s, t = out["camera_scale"], out["camera_translation"]
+        # weak perspective x_n = s (X + t), pixel = (x_n + 1) S / 2  ==  pinhole at depth Z0 with f = s S Z0 / 2
+        f = s * image_size / 2 * WEAK_PERSPECTIVE_DEPTH
+        verts = out["vertices"] + jnp.concatenate([t, jnp.full_like(t[:, :1], WEAK_PERSPECTIVE_DEPTH)], -1)[:, None]
+        zeros = jnp.zeros_like(f)
+        K = jnp.stack([jnp.stack([f, zeros, zeros + image_size / 2], -1), jnp.stack([zeros, f, zeros + image_size / 2], -1),
+                       jnp.stack([zeros, zeros, zeros + 1], -1)], -2)
+        rendered = render.render_mesh_batch(verts, mano_model.faces, K, (image_size, image_size),
+                                            vertex_colors=jnp.tile(jnp.array([[0.55, 0.65, 0.9]]), (verts.shape[1], 1)))
+        crops = denormalize(np.asarray(images))
+        pred_px = (np.asarray(out["proj_joints"][:, jnp.array(remap)]) + 1) * image_size / 2
+        panels = []
+        for i in range(len(crops)):
+            panels.append(np.concatenate([
+                draw_skeleton(crops[i], batch["joints2d"][i]), draw_skeleton(crops[i], pred_px[i]),
+                overlay(crops[i], np.asarray(rendered.rgb[i]), np.asarray(rendered.mask[i]))], axis=1))
+        return {"reprojection": np.stack(panels)}
+
+    return summarize
+
+
 def evaluate(model, predict, data_iter, mesh) -> dict:
     """Metrics of ``model`` over a finite iterator (padded samples carry valid=False)."""
     model.eval()
@@ -118,7 +154,7 @@ def _copy_backbone(src: TempCLRModel, dst: TempCLRModel):
 
 
 def run(cfg, workdir: str, data) -> dict:
-    stages = tuple(cfg.stages)
+    stages = tuple(x.strip() for x in cfg.stages.split(",") if x.strip())
     unknown = set(stages) - {"pretrain", "finetune", "eval"}
     if unknown:
         raise ValueError(f"config key 'stages': unknown stage(s) {sorted(unknown)}; use pretrain, finetune, eval")
@@ -150,7 +186,9 @@ def run(cfg, workdir: str, data) -> dict:
         loss = functools.partial(finetune_loss, mano_model=mano_model, remap=remap, weights=dict(f.loss_weights),
                                  image_size=image_size)
         it = data(split="train", mode="frame", batch_size=int(f.batch_size), train=True, seed=cfg.seed + 1)
-        results["finetune"] = train(Task(model, loss), it, f, ft_dir, name="finetune", mesh=mesh, seed=cfg.seed + 1)
+        summaries = summary_fn(mano_model, remap, image_size) if f.summary_every else None
+        results["finetune"] = train(Task(model, loss, summary_fn=summaries), it, f, ft_dir, name="finetune",
+                                    mesh=mesh, seed=cfg.seed + 1)
     elif "eval" in stages:
         restore_model(model, cfg.eval.checkpoint or ft_dir, cfg.finetune)
 

@@ -1,0 +1,276 @@
+"""grain input pipelines shared by every handjax system.
+
+    it = make_pipeline(builder_dir, "train", mode="window", batch_size=32, image_size=128,
+                       augment=TRAIN_AUGMENT, seed=0, k=2, window=3)
+    batch = next(it); state = it.get_state(); ...; it.set_state(state)
+
+Sources: a tfds builder directory (e.g. from
+:func:`data_pipelines.synthetic_hands.ensure_built`), a :class:`FrameSource`, or any
+object with ``__len__``, ``__getitem__(record) -> decoded frame dict`` (as
+:class:`FrameSource` returns) and an ``index`` attribute (:class:`SequenceIndex`).
+
+Modes (sampling units, :mod:`data_pipelines.samplers`):
+
+* ``frame``: one frame per sample (``annotated_only`` keeps only annotated frames);
+* ``window``: ``k`` frames of one sequence within ``|dt| <= window`` of the anchor (frame 0),
+  plus ``num_negatives`` same-sequence frames outside the window (TempCLR);
+* ``sparse_pair``: [query frame, nearest annotated frame of its sequence]
+  (handobjectconsist; ``unannotated_only`` restricts the queries).
+
+Augmentation (:mod:`data_pipelines.transforms`, ``augment`` dict or None): per-sample
+parameters drawn from ``np.random.default_rng([seed, shard_index, epoch, position])`` (so
+an epoch/position always gets the same augmentation, also after restoring the iterator);
+in window / pair modes every frame of a sample shares them unless ``per_frame``.
+
+Batch format (dict of numpy arrays; leading dims L = (B,) in frame mode, (B, F) in window
+mode with F = k + num_negatives, (B, 2) in sparse_pair mode; S = image_size):
+
+==============  ================  ==========================================================
+image           L + (S, S, 3) f32 crop, colour-jittered, ImageNet-normalised
+mask            L + (S, S) bool   hand mask in the crop
+part_seg        L + (S, S) int32  0 bg, 1..16 right / 17..32 left DIGIT parts (flip-swapped)
+joints2d        L + (21, 2) f32   crop pixels (OpenCV centres) = project(joints3d, K)
+joints3d        L + (21, 3) f32   camera frame (rotated with the crop / mirrored), metres
+vertices        L + (778, 3) f32  idem
+mano_pose       L + (48,) f32     axis-angle, flat mean, root in the (rotated) camera frame
+betas           L + (10,) f32
+transl          L + (3,) f32      MANO translation consistent with the above
+K               L + (3, 3) f32    crop intrinsics
+is_right        L bool            after flipping
+sequence_id     L int64
+frame_index     L int64
+annotated       L bool
+record          L int64           record id in the split
+crop_affine     L + (3, 3) f32    source pixel -> crop pixel map
+aug_scale       L f32             crop scale factor
+aug_rotation    L f32             in-plane rotation, radians (clockwise on screen)
+aug_shift       L + (2,) f32      crop-centre shift, fraction of the crop side
+aug_flip        L bool            mirrored
+aug_color       L + (4,) f32      brightness, contrast, saturation factors, hue (rad)
+in_window       (B, F) bool       window mode only: True for anchor and positives
+==============  ================  ==========================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from typing import Any, Dict, Mapping, Optional
+
+import grain
+import numpy as np
+from PIL import Image
+
+from data_pipelines import samplers
+from data_pipelines.samplers import SequenceIndex
+from data_pipelines.transforms import TRAIN_AUGMENT, AugmentConfig, AugmentParams, transform_frame
+
+MODES = ("frame", "window", "sparse_pair")
+IMAGE_FEATURES = ("image", "mask", "part_seg")
+__all__ = ["MODES", "TRAIN_AUGMENT", "FrameSource", "SequenceIndex", "make_dataset", "make_pipeline",
+           "open_source"]
+
+
+# ----------------------------------------------------------------------------- source
+def decode_png(data: bytes, channels: int) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8 for channels=3, (H, W) uint8 for channels=1 (PIL)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB" if channels == 3 else "L")
+        return np.asarray(img)
+
+
+class FrameSource:
+    """Random access to the decoded frames of one split of a tfds builder directory.
+
+    ``source[r]`` -> dict: image (H, W, 3) uint8, mask (H, W) bool, part_seg (H, W) uint8,
+    the float32 label arrays as stored, is_right / annotated np.bool_, sequence_id /
+    frame_index / record np.int64. PNGs are decoded here with PIL. The tfds data source is
+    opened lazily, so the object pickles cheaply into grain worker processes.
+    ``index`` is read from the dataset metadata (``metadata['index'][split]``) when present,
+    otherwise built by reading every record once.
+    """
+
+    def __init__(self, builder_dir: str | os.PathLike, split: str = "train"):
+        self.builder_dir = os.fspath(builder_dir)
+        self.split = split
+        if not os.path.isfile(os.path.join(self.builder_dir, "dataset_info.json")):
+            raise FileNotFoundError(f"FrameSource: {self.builder_dir} is not a tfds builder directory "
+                                    f"(no dataset_info.json); pass e.g. ensure_built(...)'s result")
+        info = self._builder().info
+        if split not in info.splits:
+            raise ValueError(f"FrameSource: split {split!r} not in {self.builder_dir}; available: "
+                             f"{sorted(info.splits)}")
+        self._length = info.splits[split].num_examples
+        self._source = None
+        meta = info.metadata or {}
+        layout = meta.get("index", {}).get(split) if hasattr(meta, "get") else None
+        self.index = SequenceIndex.from_metadata(layout) if layout else self._scan_index()
+        if len(self.index) != self._length:
+            raise ValueError(f"FrameSource: metadata index of {split!r} has {len(self.index)} records, "
+                             f"the split has {self._length}")
+
+    def _builder(self):
+        import tensorflow_datasets as tfds
+        return tfds.builder_from_directory(self.builder_dir)
+
+    def _data_source(self):
+        if self._source is None:
+            import tensorflow_datasets as tfds
+            skip = {k: tfds.decode.SkipDecoding() for k in IMAGE_FEATURES}
+            self._source = self._builder().as_data_source(split=self.split, decoders=skip)
+        return self._source
+
+    def _scan_index(self) -> SequenceIndex:
+        keys = ("sequence_id", "frame_index", "annotated")
+        rows = [self._data_source()[r] for r in range(self._length)]
+        return SequenceIndex.from_arrays(*([row[k] for row in rows] for k in keys))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, record: int) -> Dict[str, np.ndarray]:
+        record = int(record)
+        if not 0 <= record < self._length:
+            raise IndexError(f"FrameSource: record {record} out of range [0, {self._length})")
+        raw = self._data_source()[record]
+        frame = {k: np.asarray(v) for k, v in raw.items() if k not in IMAGE_FEATURES}
+        frame["image"] = decode_png(raw["image"], 3)
+        frame["mask"] = decode_png(raw["mask"], 1) > 127
+        frame["part_seg"] = decode_png(raw["part_seg"], 1)
+        for key in ("is_right", "annotated"):
+            frame[key] = np.bool_(raw[key])
+        for key in ("sequence_id", "frame_index"):
+            frame[key] = np.int64(raw[key])
+        frame["record"] = np.int64(record)
+        return frame
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_source"] = None
+        return state
+
+
+def open_source(source: Any, split: str = "train"):
+    """A path (builder directory) -> :class:`FrameSource`; sources with ``index`` pass through."""
+    if isinstance(source, (str, os.PathLike)):
+        return FrameSource(source, split)
+    if not (hasattr(source, "__getitem__") and hasattr(source, "__len__") and hasattr(source, "index")):
+        raise TypeError(f"source must be a builder directory or have __len__, __getitem__ and index, "
+                        f"got {type(source).__name__}")
+    return source
+
+
+# ----------------------------------------------------------------------------- samples
+@dataclasses.dataclass
+class SampleMaker:
+    """grain ``map_with_index`` function: (stream position, anchor record) -> sample dict."""
+
+    source: Any
+    mode: str
+    augment: AugmentConfig
+    image_size: int
+    seed: int
+    shard_index: int
+    epoch_length: int
+    k: int = 2
+    window: int = 3
+    num_negatives: int = 0
+
+    def rng(self, position: int) -> np.random.Generator:
+        epoch, pos = divmod(int(position), self.epoch_length)
+        return np.random.default_rng([self.seed, self.shard_index, epoch, pos])
+
+    def records(self, anchor: int, rng: np.random.Generator):
+        """(record ids, in_window or None) of one sample."""
+        index = self.source.index
+        if self.mode == "frame":
+            return np.array([anchor]), None
+        if self.mode == "window":
+            return samplers.sample_window(index, anchor, rng, self.k, self.window, self.num_negatives)
+        return np.array([anchor, index.nearest_annotated[anchor]]), None
+
+    def __call__(self, position: int, anchor: int) -> Dict[str, np.ndarray]:
+        rng = self.rng(position)
+        records, in_window = self.records(int(anchor), rng)
+        shared = AugmentParams.sample(rng, self.augment)
+        frames = []
+        for r in records:
+            params = AugmentParams.sample(rng, self.augment) if self.augment.per_frame else shared
+            frames.append(transform_frame(self.source[r], params, self.augment, self.image_size))
+        if self.mode == "frame":
+            return frames[0]
+        sample = {key: np.stack([f[key] for f in frames]) for key in frames[0]}
+        if in_window is not None:
+            sample["in_window"] = in_window
+        return sample
+
+
+def anchors_for(index: SequenceIndex, mode: str, *, window: int, num_negatives: int, annotated_only: bool,
+                unannotated_only: bool) -> np.ndarray:
+    if mode == "frame":
+        return samplers.frame_anchors(index, annotated_only)
+    if mode == "window":
+        return samplers.window_anchors(index, window, num_negatives)
+    return samplers.pair_anchors(index, unannotated_only)
+
+
+def _default_shard() -> tuple[int, int]:
+    opts = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    return opts.shard_index, opts.shard_count
+
+
+# ----------------------------------------------------------------------------- pipeline
+def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batch_size: int,
+                 image_size: int = 128, augment: Optional[Mapping] = None, seed: int = 0,
+                 shard_index: Optional[int] = None, shard_count: Optional[int] = None, num_workers: int = 0,
+                 window: int = 3, k: int = 2, num_negatives: int = 0, annotated_only: bool = False,
+                 unannotated_only: bool = False, shuffle: bool = True, num_epochs: Optional[int] = None,
+                 read_threads: int = 0, worker_buffer_size: int = 2) -> grain.IterDataset:
+    """The batched grain dataset (see module docstring for modes and the batch format).
+
+    batch_size is per process (drop remainder). shard_index / shard_count default to
+    ``jax.process_index()`` / ``jax.process_count()``; the anchors are split into equal
+    disjoint shards (remainder dropped) before shuffling. num_epochs None repeats forever;
+    each epoch is reshuffled (seed + epoch). num_workers > 0 uses grain worker processes
+    (call it under ``absl.app.run`` or after parsing absl flags). read_threads > 0 reads
+    samples in threads within each process.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if batch_size < 1 or image_size < 1:
+        raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size}, {image_size}")
+    if mode == "window" and (k < 1 or window < 0 or num_negatives < 0):
+        raise ValueError(f"window mode needs k >= 1, window >= 0, num_negatives >= 0; got {k}, {window}, "
+                         f"{num_negatives}")
+    if (shard_index is None) != (shard_count is None):
+        raise ValueError("give both shard_index and shard_count, or neither")
+    if shard_index is None:
+        shard_index, shard_count = _default_shard()
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must lie in [0, {shard_count}), got {shard_index}")
+    src = open_source(source, split)
+    anchors = anchors_for(src.index, mode, window=window, num_negatives=num_negatives,
+                          annotated_only=annotated_only, unannotated_only=unannotated_only)
+    per_shard = len(anchors) // shard_count
+    if per_shard == 0:
+        raise ValueError(f"{mode} mode: {len(anchors)} anchor frame(s) in split {split!r} cannot fill "
+                         f"{shard_count} shard(s)")
+    anchors = anchors[:per_shard * shard_count][shard_index::shard_count]
+    ds = grain.MapDataset.source(anchors.tolist())
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    maker = SampleMaker(src, mode, AugmentConfig.from_dict(augment), image_size, seed, shard_index,
+                        per_shard, k=k, window=window, num_negatives=num_negatives)
+    ds = ds.map_with_index(maker)
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(batch_size, 1) * 2)
+    ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    return ds
+
+
+def make_pipeline(source: Any, split: str = "train", **kwargs) -> grain.DatasetIterator:
+    """``iter(make_dataset(...))``: a checkpointable iterator (``get_state`` / ``set_state``)."""
+    return iter(make_dataset(source, split, **kwargs))

@@ -1,0 +1,345 @@
+"""Per-frame transforms of hand samples (numpy): crop/rotate/flip as ONE affine warp with
+consistent labels, colour jitter and ImageNet normalisation.
+
+Geometry
+--------
+Camera frame OpenCV (x right, y down, z forward); pixel centre of (row i, col j) at
+(x=j, y=i). A crop is defined by a 3-D transform ``R3 = Rz(theta) @ M`` of the camera
+frame (M = diag(-1, 1, 1) when flipping, else I; Rz a rotation about the optical axis)
+and new intrinsics ``K'``. The pixel map ``A = K' R3 K^-1`` is affine (last row 0 0 1),
+and for every camera-frame point X::
+
+    project(K', R3 X) == A (project(K, X))        (exactly, up to float rounding)
+
+so after every augmentation ``project_perspective(joints3d, K) == joints2d`` still holds.
+``K'`` is chosen so that the crop centre lands on the output centre ((S-1)/2, (S-1)/2)
+and the crop side covers S output pixels. Positive ``theta`` turns the image content
+clockwise on screen. A flip mirrors the hand: 3-D x -> -x, MANO pose mirrored
+(``mirror_axis_angle`` convention), ``is_right`` toggled, part labels 1..16 <-> 17..32.
+
+MANO parameters are updated so that MANO(side', pose', betas, transl') reproduces the
+transformed vertices, assuming ``joints3d[0]`` is MANO's root joint (wrist) and
+``vertices = R0 (V - J0) + J0 + transl`` (handjax / smplx convention).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+NUM_PARTS = 16
+FLIP_MODES = ("none", "left_to_right", "random")
+CROP_SOURCES = ("joints2d", "mask")
+_MIRROR = np.diag([-1.0, 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- rotations
+def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
+    """Axis-angle (..., 3) -> rotation matrices (..., 3, 3) (Rodrigues, float64)."""
+    aa = np.asarray(aa, np.float64)
+    theta = np.linalg.norm(aa, axis=-1)[..., None, None]
+    k = aa / np.maximum(theta[..., 0], 1e-12)
+    kx = np.zeros(aa.shape[:-1] + (3, 3))
+    kx[..., 0, 1], kx[..., 0, 2] = -k[..., 2], k[..., 1]
+    kx[..., 1, 0], kx[..., 1, 2] = k[..., 2], -k[..., 0]
+    kx[..., 2, 0], kx[..., 2, 1] = -k[..., 1], k[..., 0]
+    return np.eye(3) + np.sin(theta) * kx + (1.0 - np.cos(theta)) * (kx @ kx)
+
+
+def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) -> axis-angle (..., 3) with angle in [0, pi]."""
+    r = np.asarray(r, np.float64)
+    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
+    theta = np.arccos(cos)
+    vee = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    sin = np.sin(theta)
+    small = theta < 1e-4  # theta / (2 sin theta) = 1/2 + theta^2 / 12 + O(theta^4)
+    regular = (sin > 1e-6) | small
+    factor = np.where(small, 0.5 + theta ** 2 / 12.0, theta / np.where(regular & ~small, 2.0 * sin, 1.0))
+    aa = np.where(regular[..., None], vee * factor[..., None], 0.0)
+    near_pi = (~regular) & (cos < 0)
+    if np.any(near_pi):
+        # sin ~ 0 and cos ~ -1: sym(R) = cos I + (1 - cos) k k^T, so k is the dominant column
+        # of k k^T = (sym(R) - cos I) / (1 - cos), signed by vee.
+        rp, cp = r[near_pi], cos[near_pi][:, None, None]
+        sym = ((rp + np.swapaxes(rp, -1, -2)) / 2.0 - cp * np.eye(3)) / (1.0 - cp)
+        col = np.argmax(np.diagonal(sym, axis1=-2, axis2=-1), axis=-1)
+        k = sym[np.arange(len(col)), :, col]
+        k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+        sign = np.where(np.sum(k * vee[near_pi], axis=-1) < 0, -1.0, 1.0)
+        aa[near_pi] = k * (sign * theta[near_pi])[:, None]
+    return aa
+
+
+def rotation_z(theta: float) -> np.ndarray:
+    """Rotation about the camera z axis (3, 3)."""
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+# ----------------------------------------------------------------------------- config / params
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation ranges (all zero / 'none' = deterministic centred crop).
+
+    scale: crop side multiplied by U(1 - scale, 1 + scale); rotation: degrees, U(-r, r);
+    shift: crop centre moved by U(-shift, shift) * crop side per axis; flip: 'none',
+    'left_to_right' (mirror every left hand into a right one) or 'random' (p = 0.5);
+    brightness / contrast / saturation: factors U(1 - v, 1 + v); hue: rotation of the
+    chroma plane (YIQ) by U(-hue, hue) * 360 degrees; bbox_pad: crop side = bbox_pad *
+    the longer side of the hand box; crop_from: 'joints2d' or 'mask' box (falls back to the
+    joints for an empty mask); per_frame: in window / pair modes draw independent
+    parameters for every frame instead of one set per sample ("fixed per sequence").
+    """
+
+    scale: float = 0.0
+    rotation: float = 0.0
+    shift: float = 0.0
+    flip: str = "none"
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    bbox_pad: float = 1.5
+    crop_from: str = "joints2d"
+    per_frame: bool = False
+
+    def __post_init__(self):
+        for name in ("scale", "rotation", "shift", "brightness", "contrast", "saturation", "hue"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment[{name!r}] must be >= 0, got {getattr(self, name)}")
+        for name in ("scale", "brightness", "contrast", "saturation"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"augment[{name!r}] must be < 1 (it is a +- fraction), got {getattr(self, name)}")
+        if self.bbox_pad <= 0:
+            raise ValueError(f"augment['bbox_pad'] must be > 0, got {self.bbox_pad}")
+        if self.flip not in FLIP_MODES:
+            raise ValueError(f"augment['flip'] must be one of {FLIP_MODES}, got {self.flip!r}")
+        if self.crop_from not in CROP_SOURCES:
+            raise ValueError(f"augment['crop_from'] must be one of {CROP_SOURCES}, got {self.crop_from!r}")
+
+    @staticmethod
+    def from_dict(augment: Optional[Mapping] = None) -> "AugmentConfig":
+        """From a dict of the fields above (None = no augmentation); unknown keys raise."""
+        if augment is None:
+            return AugmentConfig()
+        if isinstance(augment, AugmentConfig):
+            return augment
+        fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+        unknown = sorted(set(augment) - fields)
+        if unknown:
+            raise ValueError(f"augment: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        return AugmentConfig(**augment)
+
+
+# Training defaults in the spirit of TempCLR / handobjectconsist (scale, rotation, centre
+# jitter, colour jitter; left hands mirrored into right ones for single-hand models).
+TRAIN_AUGMENT = dict(scale=0.25, rotation=30.0, shift=0.1, flip="left_to_right", brightness=0.4,
+                     contrast=0.4, saturation=0.4, hue=0.05)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentParams:
+    """One draw of augmentation parameters: scale factor, rotation (rad), shift (2,) as a
+    fraction of the crop side, coin (random flip decision), colour (4,) = brightness,
+    contrast, saturation factors and hue angle (rad)."""
+
+    scale: float
+    rotation: float
+    shift: np.ndarray
+    coin: bool
+    color: np.ndarray
+
+    @staticmethod
+    def sample(rng: np.random.Generator, cfg: AugmentConfig) -> "AugmentParams":
+        u = rng.uniform(-1.0, 1.0, size=9)  # always the same count, whatever the config
+        return AugmentParams(
+            scale=float(1.0 + cfg.scale * u[0]),
+            rotation=float(np.deg2rad(cfg.rotation) * u[1]),
+            shift=cfg.shift * u[2:4],
+            coin=bool(u[4] < 0.0),
+            color=np.array([1.0 + cfg.brightness * u[5], 1.0 + cfg.contrast * u[6],
+                            1.0 + cfg.saturation * u[7], 2.0 * np.pi * cfg.hue * u[8]]),
+        )
+
+    def flips(self, cfg: AugmentConfig, is_right: bool) -> bool:
+        """Whether a frame of the given side is mirrored."""
+        if cfg.flip == "left_to_right":
+            return not is_right
+        return cfg.flip == "random" and self.coin
+
+
+# ----------------------------------------------------------------------------- crop geometry
+def hand_box(joints2d: np.ndarray, mask: Optional[np.ndarray], source: str) -> Tuple[np.ndarray, float]:
+    """(centre (2,), longer side) of the hand's box in pixels, from the joints or the mask
+    (a mask pixel (i, j) covers [j - 0.5, j + 0.5] x [i - 0.5, i + 0.5])."""
+    if source == "mask" and mask is not None and np.any(mask):
+        rows, cols = np.nonzero(mask)
+        lo = np.array([cols.min(), rows.min()], np.float64)
+        hi = np.array([cols.max(), rows.max()], np.float64)
+        return (lo + hi) / 2.0, float(max(hi - lo) + 1.0)
+    pts = np.asarray(joints2d, np.float64)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return (lo + hi) / 2.0, float(max(max(hi - lo), 1.0))
+
+
+def crop_camera(K: np.ndarray, centre: np.ndarray, side: float, out_size: int, rotation: float,
+                flip: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R3 (3, 3), K' (3, 3), A (3, 3)) of a square crop (see module docstring).
+
+    centre (2,) and side (pixels) give the source square; out_size S; rotation (rad)
+    about the optical axis; flip mirrors x. A maps source pixels to crop pixels.
+    """
+    K = np.asarray(K, np.float64)
+    r3 = rotation_z(rotation) @ (_MIRROR if flip else np.eye(3))
+    ray = r3 @ np.linalg.solve(K, np.array([centre[0], centre[1], 1.0]))  # z stays 1
+    sigma = out_size / side
+    k_new = np.eye(3)
+    k_new[:2, :2] = sigma * K[:2, :2]
+    k_new[:2, 2] = (out_size - 1) / 2.0 - k_new[:2, :2] @ ray[:2]
+    affine = k_new @ r3 @ np.linalg.inv(K)
+    return r3, k_new, affine
+
+
+def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Pixel points (..., 2) through an affine 3x3 map."""
+    return points @ affine[:2, :2].T + affine[:2, 2]
+
+
+def _pil_affine(affine: np.ndarray) -> Tuple[float, ...]:
+    """PIL ``Image.transform`` AFFINE data of the inverse map (output -> source pixels).
+
+    PIL works with pixel corners (centre of pixel j at j + 0.5); our maps use pixel
+    centres, so the inverse map is conjugated by a half-pixel shift.
+    """
+    inv = np.linalg.inv(np.asarray(affine, np.float64))
+    lin, t = inv[:2, :2], inv[:2, 2]
+    t = t + 0.5 - lin @ np.array([0.5, 0.5])
+    return (lin[0, 0], lin[0, 1], t[0], lin[1, 0], lin[1, 1], t[1])
+
+
+def _pil_warp(array: np.ndarray, affine: np.ndarray, out_size: int, resample) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise ValueError(f"warp: expected a uint8 image, got {array.dtype}")
+    img = Image.fromarray(array)
+    return np.asarray(img.transform((out_size, out_size), Image.Transform.AFFINE, _pil_affine(affine),
+                                    resample=resample, fillcolor=0))
+
+
+def warp_image(image: np.ndarray, affine: np.ndarray, out_size: int) -> np.ndarray:
+    """Bilinear resample of a uint8 image (H, W, 3) under the pixel map ``affine`` (source ->
+    output pixel centres) -> (S, S, 3) uint8 (PIL). Sample points inside the image area
+    [-0.5, W - 0.5) x [-0.5, H - 0.5) interpolate with edge replication; others are 0."""
+    return _pil_warp(image, affine, out_size, Image.Resampling.BILINEAR)
+
+
+def warp_labels(labels: np.ndarray, affine: np.ndarray, out_size: int) -> np.ndarray:
+    """Nearest-neighbour resample of a label map (H, W) (uint8 or bool) -> (S, S), same
+    dtype: output pixel takes source pixel (floor(y + 0.5), floor(x + 0.5)) of its sample
+    point, 0 / False outside the image."""
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_:
+        return _pil_warp(labels.astype(np.uint8), affine, out_size, Image.Resampling.NEAREST) > 0
+    return _pil_warp(labels, affine, out_size, Image.Resampling.NEAREST)
+
+
+def flip_part_labels(parts: np.ndarray) -> np.ndarray:
+    """Swap right (1..16) and left (17..32) DIGIT classes; 0 stays background."""
+    parts = np.asarray(parts)
+    right = (parts >= 1) & (parts <= NUM_PARTS)
+    left = parts > NUM_PARTS
+    return np.where(right, parts + NUM_PARTS, np.where(left, parts - NUM_PARTS, parts)).astype(parts.dtype)
+
+
+def transform_mano(pose: np.ndarray, transl: np.ndarray, wrist: np.ndarray, rotation: float, flip: bool
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """MANO (pose (48,), transl (3,)) after X -> Rz(rotation) M X (M the optional mirror).
+
+    wrist = joints3d[0] = J0 + transl. Mirror: pose -> (w0, -w1, -w2) per joint (the other
+    side's model); then R0' = Rz R0 and transl' = Rz (J0' + t_m) - J0' with J0' = M J0.
+    """
+    pose = np.asarray(pose, np.float64).reshape(16, 3)
+    transl, wrist = np.asarray(transl, np.float64), np.asarray(wrist, np.float64)
+    m = _MIRROR if flip else np.eye(3)
+    rz = rotation_z(rotation)
+    if flip:
+        pose = pose * np.array([1.0, -1.0, -1.0])
+    j0 = m @ (wrist - transl)
+    new_transl = rz @ (j0 + m @ transl) - j0
+    pose[0] = matrix_to_axis_angle(rz @ axis_angle_to_matrix(pose[0]))
+    return pose.reshape(48).astype(np.float32), new_transl.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- photometric
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_RGB = np.linalg.inv(_YIQ).astype(np.float32)
+
+
+def color_jitter(image: np.ndarray, color: np.ndarray) -> np.ndarray:
+    """Image (H, W, 3) float in [0, 1] -> jittered, clipped to [0, 1].
+
+    color = (brightness, contrast, saturation, hue): x *= b; x = (x - mean gray) c + mean
+    gray; x = (x - gray) s + gray; chroma (I, Q) rotated by hue radians in YIQ.
+    """
+    b, c, s, h = (float(v) for v in color)
+    x = image * b
+    mean = _gray(x).mean()
+    x = (x - mean) * c + mean
+    g = _gray(x)[..., None]
+    x = (x - g) * s + g
+    if h != 0.0:
+        ch, sh = np.cos(h), np.sin(h)
+        rot = np.array([[1, 0, 0], [0, ch, -sh], [0, sh, ch]], np.float32)
+        x = x @ (_RGB @ rot @ _YIQ).T
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """[0, 1] RGB -> (x - ImageNet mean) / std, float32."""
+    return ((image - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- whole frame
+def transform_frame(frame: Mapping[str, np.ndarray], params: AugmentParams, cfg: AugmentConfig,
+                    out_size: int) -> Dict[str, np.ndarray]:
+    """Crop / rotate / flip / colour-jitter / normalise one decoded frame.
+
+    frame: image (H, W, 3) uint8, mask (H, W) bool, part_seg (H, W) integer, joints2d
+    (21, 2), joints3d (21, 3), vertices (V, 3), mano_pose (48,), transl (3,), K (3, 3),
+    is_right, and any other keys (copied through). Returns the batch-format frame (see
+    :mod:`data_pipelines.pipeline`) including the aug_* parameters and ``crop_affine``.
+    """
+    flip = params.flips(cfg, bool(frame["is_right"]))
+    centre, side = hand_box(frame["joints2d"], frame.get("mask"), cfg.crop_from)
+    side = side * cfg.bbox_pad * params.scale
+    centre = centre + params.shift * side
+    r3, k_new, affine = crop_camera(frame["K"], centre, side, out_size, params.rotation, flip)
+
+    out = dict(frame)
+    image = warp_image(frame["image"], affine, out_size).astype(np.float32) * np.float32(1.0 / 255.0)
+    out["image"] = normalize(color_jitter(image, params.color))
+    out["mask"] = warp_labels(np.asarray(frame["mask"], bool), affine, out_size)
+    parts = warp_labels(np.asarray(frame["part_seg"], np.uint8), affine, out_size).astype(np.int32)
+    out["part_seg"] = flip_part_labels(parts) if flip else parts
+    out["joints2d"] = apply_affine(np.asarray(frame["joints2d"], np.float64), affine).astype(np.float32)
+    for key in ("joints3d", "vertices"):
+        out[key] = (np.asarray(frame[key], np.float64) @ r3.T).astype(np.float32)
+    out["mano_pose"], out["transl"] = transform_mano(frame["mano_pose"], frame["transl"], frame["joints3d"][0],
+                                                     params.rotation, flip)
+    out["K"] = k_new.astype(np.float32)
+    out["is_right"] = np.bool_(bool(frame["is_right"]) != flip)
+    out["crop_affine"] = affine.astype(np.float32)
+    out["aug_scale"] = np.float32(params.scale)
+    out["aug_rotation"] = np.float32(params.rotation)
+    out["aug_shift"] = np.asarray(params.shift, np.float32)
+    out["aug_flip"] = np.bool_(flip)
+    out["aug_color"] = np.asarray(params.color, np.float32)
+    return out
