@@ -175,3 +175,13 @@ def test_nonfinite_loss_stops_with_clear_message(hand, tmp_path):
     with pytest.raises(NonFiniteLossError, match="last good checkpoint is step 3"):
         train(Task(model, _loss(hand)), _ListIter([batch] * 3 + [bad] * 3), _cfg(num_steps=6), str(tmp_path))
     assert np.all(np.isfinite(jax.tree.leaves(_final_params(model))[0]))
+
+
+def test_model_only_checkpoint_roundtrip(tmp_path):
+    from handjax.train.checkpoint import save_model
+    from handjax.train.loop import restore_model
+    src, dst = _model(seed=1), _model(seed=2)
+    save_model(src, str(tmp_path / "m"), {"system": "tempclr", "depth": 18})
+    assert restore_model(dst, str(tmp_path / "m"), _cfg()) == -1
+    jax.tree.map(np.testing.assert_array_equal, _final_params(dst), _final_params(src))
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(dst, nnx.BatchStat), nnx.state(src, nnx.BatchStat))

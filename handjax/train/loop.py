@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from handjax.train.checkpoint import Checkpointer
+from handjax.train.checkpoint import Checkpointer, is_model_checkpoint, load_model
 from handjax.train.optim import make_optimizer
 
 
@@ -122,8 +122,12 @@ def init_state(model: nnx.Module, trainable, tx) -> tuple:
 def restore_model(model: nnx.Module, workdir: str, cfg, trainable=nnx.Param, step: Optional[int] = None) -> int:
     """Load the model part of a checkpoint written by ``train`` (same config) into ``model``.
 
-    Returns the restored step. Raises FileNotFoundError naming the directory if there is none.
+    Also accepts a model-only checkpoint (``handjax.train.checkpoint.save_model``, e.g. from a
+    converter); then returns -1. Raises FileNotFoundError naming the directory if there is none.
     """
+    if is_model_checkpoint(workdir):
+        load_model(model, workdir)
+        return -1
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {directory}")

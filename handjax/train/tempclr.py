@@ -42,7 +42,7 @@ def pretrain_loss(model, batch, rng, *, temperature: float, equivariance: bool):
     b, k = images.shape[:2]
     z = model.embed(images.reshape((b * k,) + images.shape[2:]))
     if equivariance:
-        z = undo_equivariance(z, batch["aug_rotation"].reshape(-1), batch["aug_translation"].reshape(-1, 2))
+        z = undo_equivariance(z, batch["aug_rotation"].reshape(-1), batch["aug_shift"].reshape(-1, 2))
     positive, anchor = window_pairs(b, k)
     loss = nt_xent(z, positive, temperature, anchor)
     return loss, {"nt_xent": loss}
