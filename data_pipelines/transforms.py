@@ -29,6 +29,8 @@ from typing import Dict, Mapping, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from handjax.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 NUM_PARTS = 16
@@ -38,43 +40,6 @@ _MIRROR = np.diag([-1.0, 1.0, 1.0])
 
 
 # ----------------------------------------------------------------------------- rotations
-def axis_angle_to_matrix(aa: np.ndarray) -> np.ndarray:
-    """Axis-angle (..., 3) -> rotation matrices (..., 3, 3) (Rodrigues, float64)."""
-    aa = np.asarray(aa, np.float64)
-    theta = np.linalg.norm(aa, axis=-1)[..., None, None]
-    k = aa / np.maximum(theta[..., 0], 1e-12)
-    kx = np.zeros(aa.shape[:-1] + (3, 3))
-    kx[..., 0, 1], kx[..., 0, 2] = -k[..., 2], k[..., 1]
-    kx[..., 1, 0], kx[..., 1, 2] = k[..., 2], -k[..., 0]
-    kx[..., 2, 0], kx[..., 2, 1] = -k[..., 1], k[..., 0]
-    return np.eye(3) + np.sin(theta) * kx + (1.0 - np.cos(theta)) * (kx @ kx)
-
-
-def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) -> axis-angle (..., 3) with angle in [0, pi]."""
-    r = np.asarray(r, np.float64)
-    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
-    theta = np.arccos(cos)
-    vee = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
-    sin = np.sin(theta)
-    small = theta < 1e-4  # theta / (2 sin theta) = 1/2 + theta^2 / 12 + O(theta^4)
-    regular = (sin > 1e-6) | small
-    factor = np.where(small, 0.5 + theta ** 2 / 12.0, theta / np.where(regular & ~small, 2.0 * sin, 1.0))
-    aa = np.where(regular[..., None], vee * factor[..., None], 0.0)
-    near_pi = (~regular) & (cos < 0)
-    if np.any(near_pi):
-        # sin ~ 0 and cos ~ -1: sym(R) = cos I + (1 - cos) k k^T, so k is the dominant column
-        # of k k^T = (sym(R) - cos I) / (1 - cos), signed by vee.
-        rp, cp = r[near_pi], cos[near_pi][:, None, None]
-        sym = ((rp + np.swapaxes(rp, -1, -2)) / 2.0 - cp * np.eye(3)) / (1.0 - cp)
-        col = np.argmax(np.diagonal(sym, axis1=-2, axis2=-1), axis=-1)
-        k = sym[np.arange(len(col)), :, col]
-        k = k / np.linalg.norm(k, axis=-1, keepdims=True)
-        sign = np.where(np.sum(k * vee[near_pi], axis=-1) < 0, -1.0, 1.0)
-        aa[near_pi] = k * (sign * theta[near_pi])[:, None]
-    return aa
-
-
 def rotation_z(theta: float) -> np.ndarray:
     """Rotation about the camera z axis (3, 3)."""
     c, s = np.cos(theta), np.sin(theta)

@@ -156,3 +156,24 @@ def test_rigid_transforms_roundtrip():
     pts = jnp.asarray(np.random.default_rng(0).normal(size=(3, 7, 3)), jnp.float32)
     back = G.apply_transform(G.invert_transform(T), G.apply_transform(T, pts))
     np.testing.assert_allclose(back, pts, atol=1e-5)
+
+
+def test_numpy_inputs_compute_in_numpy_and_agree_with_jax():
+    rng = np.random.default_rng(9)
+    aa = rng.normal(0, 1.0, (10, 3))
+    aa[0] = 0.0
+    aa[1] = [np.pi, 0, 0]
+    m = np.asarray(Rotation.from_rotvec(aa).as_matrix())
+    d6 = rng.normal(size=(10, 6))
+    cases = [
+        (G.axis_angle_to_matrix, aa), (G.matrix_to_axis_angle, m), (G.matrix_to_quaternion, m),
+        (G.quaternion_to_matrix, rng.normal(size=(10, 4))), (G.axis_angle_to_quaternion, aa),
+        (lambda x: G.rot6d_to_matrix(x, "interleaved"), d6), (lambda x: G.matrix_to_rot6d(x, "pytorch3d"), m),
+    ]
+    with np.errstate(all="raise"):  # no warnings from the unused branches of the safe formulas
+        for fn, x in cases:
+            out = fn(x)
+            assert isinstance(out, np.ndarray) and out.dtype == np.float64
+            with jax.enable_x64(True):
+                np.testing.assert_allclose(out, np.asarray(fn(jnp.asarray(x))), atol=1e-12)
+    np.testing.assert_allclose(G.axis_angle_to_matrix(aa), m, atol=1e-12)

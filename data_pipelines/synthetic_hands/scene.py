@@ -29,7 +29,7 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
-from data_pipelines.transforms import axis_angle_to_matrix, matrix_to_axis_angle
+from handjax.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 NUM_JOINTS = 16
 # MANO joint ids of each finger chain, proximal -> distal (MANO's tree order).

@@ -6,6 +6,10 @@ Conventions:
   * quaternions are ``(w, x, y, z)``, scalar first;
   * axis-angle is a 3-vector whose norm is the angle in radians.
 
+Every function works on numpy arrays (computing in numpy, e.g. inside data
+pipelines and grain workers, with no JAX dispatch) and on JAX arrays/tracers
+(jit, vmap, grad): the array namespace follows the input.
+
 6D layouts (all describe the first two columns or rows of R, Gram-Schmidt
 orthonormalised; see ``rot6d_to_matrix``):
   * ``"zhou"``: ``[a(3), b(3)]`` are the first two *columns* (Zhou et al. 2019);
@@ -18,6 +22,7 @@ orthonormalised; see ``rot6d_to_matrix``):
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 ROT6D_LAYOUTS = ("zhou", "pytorch3d", "interleaved")
 
@@ -26,12 +31,18 @@ ROT6D_LAYOUTS = ("zhou", "pytorch3d", "interleaved")
 _SMALL_ANGLE_SQ = 1e-8
 
 
+def _xp(*arrays):
+    """numpy when every input is a numpy array (or scalar), else jax.numpy."""
+    return np if all(isinstance(a, (np.ndarray, np.generic, float, int)) for a in arrays) else jnp
+
+
 def skew(v: jnp.ndarray) -> jnp.ndarray:
     """Cross-product matrix [v]_x with [v]_x @ u == cross(v, u). (..., 3) -> (..., 3, 3)."""
+    xp = _xp(v)
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
-    o = jnp.zeros_like(x)
-    return jnp.stack(
-        [jnp.stack([o, -z, y], -1), jnp.stack([z, o, -x], -1), jnp.stack([-y, x, o], -1)], -2
+    o = xp.zeros_like(x)
+    return xp.stack(
+        [xp.stack([o, -z, y], -1), xp.stack([z, o, -x], -1), xp.stack([-y, x, o], -1)], -2
     )
 
 
@@ -41,27 +52,29 @@ def axis_angle_to_matrix(aa: jnp.ndarray) -> jnp.ndarray:
     a = sin(t)/t and b = (1 - cos t)/t^2 are evaluated by Taylor series near
     t = 0 (double-``where`` so that neither branch produces NaN gradients).
     """
-    t2 = jnp.sum(aa * aa, axis=-1)
+    xp = _xp(aa)
+    t2 = xp.sum(aa * aa, axis=-1)
     small = t2 < _SMALL_ANGLE_SQ
-    t2_safe = jnp.where(small, 1.0, t2)
-    t = jnp.sqrt(t2_safe)
-    a = jnp.where(small, 1.0 - t2 / 6.0, jnp.sin(t) / t)
-    b = jnp.where(small, 0.5 - t2 / 24.0, (1.0 - jnp.cos(t)) / t2_safe)
+    t2_safe = xp.where(small, 1.0, t2)
+    t = xp.sqrt(t2_safe)
+    a = xp.where(small, 1.0 - t2 / 6.0, xp.sin(t) / t)
+    b = xp.where(small, 0.5 - t2 / 24.0, (1.0 - xp.cos(t)) / t2_safe)
     k = skew(aa)
-    eye = jnp.broadcast_to(jnp.eye(3, dtype=aa.dtype), k.shape)
+    eye = xp.broadcast_to(xp.eye(3, dtype=aa.dtype), k.shape)
     return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
 
 
 def quaternion_to_matrix(q: jnp.ndarray) -> jnp.ndarray:
     """Unit quaternion (w, x, y, z) -> rotation matrix; q is normalised first."""
-    q = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
+    xp = _xp(q)
+    q = q / xp.linalg.norm(q, axis=-1, keepdims=True)
     w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
     rows = [
         [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
         [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
     ]
-    return jnp.stack([jnp.stack(r, -1) for r in rows], -2)
+    return xp.stack([xp.stack(r, -1) for r in rows], -2)
 
 
 def matrix_to_quaternion(m: jnp.ndarray) -> jnp.ndarray:
@@ -70,44 +83,47 @@ def matrix_to_quaternion(m: jnp.ndarray) -> jnp.ndarray:
     Computes the four candidate quaternions (one per largest diagonal term,
     Shepperd's method) and picks the best-conditioned one per element.
     """
+    xp = _xp(m)
     m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
     tr = m00 + m11 + m22
-    cands = jnp.stack(
+    cands = xp.stack(
         [
-            jnp.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
-            jnp.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
-            jnp.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1]], -1),
-            jnp.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22], -1),
+            xp.stack([1 + tr, m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1),
+            xp.stack([m[..., 2, 1] - m[..., 1, 2], 1 + m00 - m11 - m22, m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0]], -1),
+            xp.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22, m[..., 1, 2] + m[..., 2, 1]], -1),
+            xp.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22], -1),
         ],
         -2,
     )  # (..., 4, 4): row i is 4 * q_i * q
-    best = jnp.argmax(jnp.stack([tr, m00, m11, m22], -1), axis=-1)
-    q = jnp.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
-    q = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
-    return jnp.where(q[..., :1] < 0, -q, q)
+    best = xp.argmax(xp.stack([tr, m00, m11, m22], -1), axis=-1)
+    q = xp.take_along_axis(cands, best[..., None, None], axis=-2)[..., 0, :]
+    q = q / xp.linalg.norm(q, axis=-1, keepdims=True)
+    return xp.where(q[..., :1] < 0, -q, q)
 
 
 def quaternion_to_axis_angle(q: jnp.ndarray) -> jnp.ndarray:
     """Unit quaternion -> axis-angle with angle in [0, pi]."""
-    q = q / jnp.linalg.norm(q, axis=-1, keepdims=True)
-    q = jnp.where(q[..., :1] < 0, -q, q)
+    xp = _xp(q)
+    q = q / xp.linalg.norm(q, axis=-1, keepdims=True)
+    q = xp.where(q[..., :1] < 0, -q, q)
     v = q[..., 1:]
-    s2 = jnp.sum(v * v, axis=-1)
+    s2 = xp.sum(v * v, axis=-1)
     small = s2 < _SMALL_ANGLE_SQ
-    s = jnp.sqrt(jnp.where(small, 1.0, s2))
-    angle = 2.0 * jnp.arctan2(s, q[..., 0])
+    s = xp.sqrt(xp.where(small, 1.0, s2))
+    angle = 2.0 * xp.arctan2(s, q[..., 0])
     # angle / sin(angle/2); Taylor near zero: 2 / w * (1 + s^2 / (3 w^2)) ~ 2 / w
-    factor = jnp.where(small, 2.0 / q[..., 0], angle / s)
+    factor = xp.where(small, 2.0 / xp.where(small, q[..., 0], 1.0), angle / s)
     return v * factor[..., None]
 
 
 def axis_angle_to_quaternion(aa: jnp.ndarray) -> jnp.ndarray:
-    t2 = jnp.sum(aa * aa, axis=-1)
+    xp = _xp(aa)
+    t2 = xp.sum(aa * aa, axis=-1)
     small = t2 < _SMALL_ANGLE_SQ
-    t = jnp.sqrt(jnp.where(small, 1.0, t2))
-    half_sinc = jnp.where(small, 0.5 - t2 / 48.0, jnp.sin(t / 2) / t)
-    w = jnp.where(small, 1.0 - t2 / 8.0, jnp.cos(t / 2))
-    return jnp.concatenate([w[..., None], aa * half_sinc[..., None]], -1)
+    t = xp.sqrt(xp.where(small, 1.0, t2))
+    half_sinc = xp.where(small, 0.5 - t2 / 48.0, xp.sin(t / 2) / t)
+    w = xp.where(small, 1.0 - t2 / 8.0, xp.cos(t / 2))
+    return xp.concatenate([w[..., None], aa * half_sinc[..., None]], -1)
 
 
 def matrix_to_axis_angle(m: jnp.ndarray) -> jnp.ndarray:
@@ -116,18 +132,21 @@ def matrix_to_axis_angle(m: jnp.ndarray) -> jnp.ndarray:
 
 def _normalize(v: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
     """torch.nn.functional.normalize: v / max(||v||, eps)."""
-    return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
+    xp = _xp(v)
+    return v / xp.maximum(xp.linalg.norm(v, axis=-1, keepdims=True), eps)
 
 
 def _gram_schmidt(a: jnp.ndarray, b: jnp.ndarray):
+    xp = _xp(a, b)
     b1 = _normalize(a)
-    b2 = _normalize(b - jnp.sum(b1 * b, axis=-1, keepdims=True) * b1)
-    b3 = jnp.cross(b1, b2)
+    b2 = _normalize(b - xp.sum(b1 * b, axis=-1, keepdims=True) * b1)
+    b3 = xp.cross(b1, b2)
     return b1, b2, b3
 
 
 def rot6d_to_matrix(x: jnp.ndarray, layout: str = "zhou") -> jnp.ndarray:
     """6D representation -> rotation matrix. (..., 6) -> (..., 3, 3)."""
+    xp = _xp(x)
     if layout == "interleaved":
         a, b = x[..., 0::2], x[..., 1::2]
     elif layout in ("zhou", "pytorch3d"):
@@ -136,15 +155,16 @@ def rot6d_to_matrix(x: jnp.ndarray, layout: str = "zhou") -> jnp.ndarray:
         raise ValueError(f"rot6d layout must be one of {ROT6D_LAYOUTS}, got {layout!r}")
     b1, b2, b3 = _gram_schmidt(a, b)
     axis = -2 if layout == "pytorch3d" else -1  # rows for pytorch3d, columns otherwise
-    return jnp.stack([b1, b2, b3], axis=axis)
+    return xp.stack([b1, b2, b3], axis=axis)
 
 
 def matrix_to_rot6d(m: jnp.ndarray, layout: str = "zhou") -> jnp.ndarray:
     """Rotation matrix -> 6D (inverse of ``rot6d_to_matrix`` on rotations)."""
+    xp = _xp(m)
     if layout == "interleaved":
         return m[..., :, :2].reshape(m.shape[:-2] + (6,))
     if layout == "zhou":
-        return jnp.concatenate([m[..., :, 0], m[..., :, 1]], -1)
+        return xp.concatenate([m[..., :, 0], m[..., :, 1]], -1)
     if layout == "pytorch3d":
         return m[..., :2, :].reshape(m.shape[:-2] + (6,))
     raise ValueError(f"rot6d layout must be one of {ROT6D_LAYOUTS}, got {layout!r}")
