@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from handjax.geometry import intrinsics
 from handjax.render import (
     MANO_WRIST_BOUNDARY_IDS,
     PALM_LABEL,
@@ -27,6 +26,7 @@ from handjax.render import (
     render_mesh,
     render_mesh_batch,
     seal_face_labels,
+    seal_mano,
     seal_wrist,
     soft_silhouette,
     vertex_normals,
@@ -275,6 +275,9 @@ def test_windowed_visibility_equals_dense_on_a_hand():
         assert int(_branch_index(_face_data(xy, z, faces, 1e-3), windows, 32)) == 0
     got = np.asarray(visible_faces_batch(verts, faces, K, (size, size), windows=(8, 16)))
     np.testing.assert_array_equal(got, dense)
+    # A user vmap of the single-mesh function turns the strategy switch into a select.
+    single = functools.partial(visible_faces, faces=faces, K=K, image_size=(size, size), windows=(8, 16))
+    np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(single))(verts)), dense)
     # A window too small for the mesh selects the dense branch (index len(windows)).
     xy, z = screen_space(verts[0], K)
     assert int(_branch_index(_face_data(xy, z, faces, 1e-3), (2,), 4)) == 1
@@ -631,8 +634,10 @@ def test_seal_builtin_mano_is_watertight():
     faces = np.asarray(a["f"]).astype(np.int64)
     loop = boundary_loop(faces, MANO_WRIST_BOUNDARY_IDS)
     assert loop.shape == (16,)
-    sealed_v, sealed_f = seal_wrist(jnp.asarray(a["v_template"]), faces)
+    labels = builtin.face_part_labels(faces, np.asarray(a["weights"]))
+    sealed_v, sealed_f, sealed_labels = seal_mano(jnp.asarray(a["v_template"]), faces, labels)
     assert sealed_v.shape == (779, 3) and sealed_f.shape == (1554, 3)
+    np.testing.assert_array_equal(np.asarray(sealed_labels), np.concatenate([labels, np.full(16, PALM_LABEL)]))
     assert _is_closed_and_oriented(np.asarray(sealed_f))
     np.testing.assert_allclose(np.asarray(sealed_v)[778], np.asarray(a["v_template"])[list(MANO_WRIST_BOUNDARY_IDS)].mean(0), atol=1e-7)
 

@@ -82,6 +82,22 @@ def occlusion_test(
     return ~inside | ~covered | behind
 
 
+def _flow_values(verts0, verts1, faces, K0, K1, frags0: Fragments, method: str, near: float):
+    """Flow (H, W, 2) on frame 0's grid, plus the frame-1 surface points (H, W, 3), their
+    frame-1 pixel positions (H, W, 2) and ``ok`` (H, W): covered and in front of camera 1."""
+    tri = faces[jnp.maximum(frags0.face_id, 0)]
+    ok = frags0.mask & jnp.all(verts1[:, 2][tri] > near, axis=-1)
+    front = jnp.array([0.0, 0.0, 1.0], verts1.dtype)  # safe stand-in where not ok (finite gradients)
+    points1 = jnp.where(ok[..., None], interpolate_bary(verts1, faces, frags0), front)
+    pix1 = project(points1, K1)
+    if method == "surface":
+        flow = pix1 - pixel_centers(frags0.face_id.shape, verts0.dtype)
+    else:
+        disp = project(jnp.where(verts1[:, 2:3] > near, verts1, front), K1) - project(verts0, K0)
+        flow = interpolate_bary(disp, faces, frags0)
+    return jnp.where(ok[..., None], flow, 0.0), points1, pix1, ok
+
+
 def optical_flow(
     verts0: jnp.ndarray,
     verts1: jnp.ndarray,
@@ -108,7 +124,9 @@ def optical_flow(
     check_mesh(verts0, faces, K0)
     check_mesh(verts1, faces, K1)
     if verts0.shape != verts1.shape:
-        raise ValueError(f"verts0 and verts1 must have the same shape (same topology): {verts0.shape} vs {verts1.shape}")
+        raise ValueError(
+            f"verts0 and verts1 must have the same shape (same topology): {verts0.shape} vs {verts1.shape}"
+        )
     if method not in FLOW_METHODS:
         raise ValueError(f"method must be one of {FLOW_METHODS}, got {method!r}")
     h, w = check_image_size(image_size)
@@ -117,24 +135,13 @@ def optical_flow(
     if face_id0 is None:
         face_id0 = visible_faces(verts0, faces, K0, (h, w), face_chunk, near)
     frags0 = fragments_from_face_id(verts0, faces, K0, face_id0)
-    tri = faces[jnp.maximum(frags0.face_id, 0)]
-    ok = frags0.mask & jnp.all(verts1[:, 2][tri] > near, axis=-1)
-
-    points1 = interpolate_bary(verts1, faces, frags0)
-    points1 = jnp.where(ok[..., None], points1, jnp.array([0.0, 0.0, 1.0], verts1.dtype))
-    pix1 = project(points1, K1)
-    if method == "surface":
-        flow = pix1 - pixel_centers((h, w), verts0.dtype)
-    else:
-        safe1 = jnp.where(verts1[:, 2:3] > near, verts1, jnp.array([0.0, 0.0, 1.0], verts1.dtype))
-        disp = project(safe1, K1) - project(verts0, K0)
-        flow = interpolate_bary(disp, faces, frags0)
-    flow = jnp.where(ok[..., None], flow, 0.0)
+    flow, points1, pix1, ok = _flow_values(verts0, verts1, faces, K0, K1, frags0, method, near)
 
     if face_id1 is None:
         face_id1 = visible_faces(verts1, faces, K1, (h, w), face_chunk, near)
     depth1 = fragments_from_face_id(verts1, faces, K1, face_id1).depth
-    occluded = occlusion_test(lax.stop_gradient(points1), lax.stop_gradient(pix1), face_id1, lax.stop_gradient(depth1), depth_tol)
+    points1, pix1, depth1 = (lax.stop_gradient(a) for a in (points1, pix1, depth1))
+    occluded = occlusion_test(points1, pix1, face_id1, depth1, depth_tol)
     occluded = frags0.mask & (occluded | ~ok)
     return FlowResult(flow=flow, occluded=occluded, mask=frags0.mask, frags0=frags0)
 

@@ -124,7 +124,9 @@ def _check_parts_inputs(verts_right, verts_left, faces, face_labels, K, batched)
     check_mesh(verts_right, faces, K, batched)
     check_mesh(verts_left, faces, K, batched)
     if verts_right.shape != verts_left.shape:
-        raise ValueError(f"verts_right and verts_left must have the same shape, got {verts_right.shape} vs {verts_left.shape}")
+        raise ValueError(
+            f"verts_right and verts_left must have the same shape, got {verts_right.shape} vs {verts_left.shape}"
+        )
     if face_labels.shape != faces.shape[:1]:
         raise ValueError(f"face_labels must have shape ({faces.shape[0]},) like faces, got {face_labels.shape}")
 

@@ -384,7 +384,9 @@ def _branch_index(fd: _FaceData, windows: Tuple[int, ...], dense_faces: int) -> 
 def _visibility_branches(image_size, windows, dense_faces, face_chunk, batched):
     """The lax.switch branches: one per window, then dense; vmapped when ``batched``."""
     fns = [
-        functools.partial(_windowed_visibility, image_size=image_size, window=s, dense_faces=dense_faces, face_chunk=face_chunk)
+        functools.partial(
+            _windowed_visibility, image_size=image_size, window=s, dense_faces=dense_faces, face_chunk=face_chunk
+        )
         for s in windows
     ]
     fns.append(functools.partial(_dense_visibility, image_size=image_size, face_chunk=face_chunk))

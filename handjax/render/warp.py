@@ -28,13 +28,6 @@ def unnormalize(coord: jnp.ndarray, size: int, align_corners: bool) -> jnp.ndarr
     return ((coord + 1.0) * size - 1.0) * 0.5
 
 
-def normalize(pixel: jnp.ndarray, size: int, align_corners: bool) -> jnp.ndarray:
-    """Inverse of :func:`unnormalize`: pixel index -> normalised coordinate."""
-    if align_corners:
-        return pixel * 2.0 / max(size - 1, 1) - 1.0
-    return (pixel * 2.0 + 1.0) / size - 1.0
-
-
 def _check_nhwc(image: jnp.ndarray, grid: jnp.ndarray, padding_mode: str) -> None:
     if image.ndim != 4:
         raise ValueError(f"image must be NHWC (B, H, W, C), got shape {image.shape}")
