@@ -281,3 +281,10 @@ def test_mirrored_right_hand_equals_left_hand_with_mirrored_pose(mano_files):
     assert np.abs(np.asarray(out_b.vertices) - np.asarray(mano.mirror_points(out_r.vertices))).max() > 1e-3
     with pytest.raises(ValueError, match="left-hand"):
         mano.apply_left_shapedirs_fix(right)
+
+
+def test_joint_shape_space_equals_regressing_the_shaped_mesh(mano_files):
+    model = mano.load_model(mano_files[1])
+    betas = jnp.asarray(np.random.default_rng(2).normal(0, 2, (3, 10)), jnp.float32)
+    np.testing.assert_allclose(mano.joints_from_betas(model, betas),
+                               mano.regress_joints(model, mano.shape_blend(model, betas)), atol=1e-6)

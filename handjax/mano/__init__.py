@@ -12,6 +12,8 @@ from handjax.mano.io import (
 )
 from handjax.mano.skinning import (
     forward_kinematics,
+    forward_kinematics_rt,
+    joints_from_betas,
     lbs,
     pose_correctives,
     regress_joints,
