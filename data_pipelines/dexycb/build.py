@@ -1,0 +1,58 @@
+"""Build the ``dexycb`` tfds dataset from the manual DexYCB download.
+
+    python -m data_pipelines.dexycb.build --manual_dir RAW --data_dir OUT [--config s0]
+        [--skip_corrupt] [--sequences_per_subject N] [--serials S1,S2] [--overwrite]
+
+RAW is the toolkit's $DEX_YCB_DIR (subject folders + calibration/). The dataset lands in
+``OUT/dexycb/<config>/1.0.0`` (derived name with --sequences_per_subject / --serials,
+e.g. ``s1_seq2_cam836212060125``); that path is printed on the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+from data_pipelines.manual import CorruptFileError, ManualDirError, prepare
+
+from . import layout
+from .dexycb_dataset_builder import BASE_CONFIGS, NAME, get_builder
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{NAME}.build",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manual_dir", default=None, help="the extracted DexYCB download ($DEX_YCB_DIR)")
+    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
+                                                         "~/tensorflow_datasets)")
+    parser.add_argument("--config", default="s0", choices=sorted(BASE_CONFIGS), help="toolkit setup")
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="skip (and report) samples whose image or label file is corrupt")
+    parser.add_argument("--sequences_per_subject", type=int, default=None,
+                        help=f"debug subset: first N of the {layout.SEQUENCES_PER_SUBJECT} sequences of each subject")
+    parser.add_argument("--serials", default=None, help="debug subset: comma-separated camera serials")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    args = parse_args(argv)
+    serials = [s for s in args.serials.split(",") if s] if args.serials else None
+    builder = get_builder(args.config, args.data_dir, sequences_per_subject=args.sequences_per_subject,
+                          serials=serials, skip_corrupt=args.skip_corrupt)
+    start = time.perf_counter()
+    path = prepare(builder, args.manual_dir, overwrite=args.overwrite)
+    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
+    print(f"{NAME}/{builder.builder_config.name} ({counts}) ready in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
+    print(builder.policy.report(), file=sys.stderr)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ManualDirError, CorruptFileError) as err:  # a clear message, no traceback
+        sys.exit(f"error: {err}")

@@ -1,0 +1,52 @@
+"""Build the ``fphab`` tfds dataset from the manual FPHAB download.
+
+    python -m data_pipelines.fphab.build --manual_dir RAW --data_dir OUT [--config hand_object_480]
+        [--skip_corrupt] [--overwrite]
+
+RAW holds Video_files/, Hand_pose_annotation_v1/, Subjects_info/,
+data_split_action_recognition.txt (+ Object_6D_pose_annotation_v1_1/ for the hand_object
+configs, optional Video_files_480/ and fhbhands_fits/). The dataset lands in
+``OUT/fphab/<config>/1.0.0``; that path is printed on the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+from data_pipelines.manual import CorruptFileError, ManualDirError, prepare
+
+from .fphab_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{NAME}.build",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manual_dir", default=None, help="the extracted FPHAB download")
+    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
+                                                         "~/tensorflow_datasets)")
+    parser.add_argument("--config", default="hand_object_480", choices=[c.name for c in BUILDER_CONFIGS])
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="skip (and report) frames whose image or annotation file is corrupt or missing")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    args = parse_args(argv)
+    builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt)
+    start = time.perf_counter()
+    path = prepare(builder, args.manual_dir, overwrite=args.overwrite)
+    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
+    print(f"{NAME}/{args.config} ({counts}) ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(builder.policy.report(), file=sys.stderr)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ManualDirError, CorruptFileError) as err:  # a clear message, no traceback
+        sys.exit(f"error: {err}")

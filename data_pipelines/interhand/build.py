@@ -1,0 +1,62 @@
+"""Build the ``interhand`` tfds dataset from the manual InterHand2.6M v1.0 download.
+
+    python -m data_pipelines.interhand.build --manual_dir RAW --data_dir OUT [--config 5fps_hm]
+        [--skip_corrupt] [--mano_dir MANO_MODELS] [--no_fix_left_shapedirs] [--overwrite]
+
+RAW is laid out as described by ``--help_layout`` (images/, annotations/, rootnet_output/).
+The dataset lands in ``OUT/interhand/<config>/1.0.0``; that path is printed on the last
+line. ``--mano_dir`` (folder with MANO_RIGHT.pkl / MANO_LEFT.pkl) gives the rest wrist
+J0 used to express the MANO translation in the camera frame; without it the built-in
+licence-free model is used (exact only for data generated with it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+from data_pipelines.manual import CorruptFileError, ManualDirError, prepare
+
+from . import layout
+from .interhand_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{NAME}.build",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manual_dir", default=None, help="the extracted InterHand2.6M download")
+    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
+                                                         "~/tensorflow_datasets)")
+    parser.add_argument("--config", default="5fps_hm", choices=[c.name for c in BUILDER_CONFIGS])
+    parser.add_argument("--skip_corrupt", action="store_true",
+                        help="skip (and report) samples whose image or annotation is corrupt or missing")
+    parser.add_argument("--mano_dir", default=None, help="folder with the official MANO_{RIGHT,LEFT}.pkl")
+    parser.add_argument("--no_fix_left_shapedirs", action="store_true",
+                        help="do not apply InterHand2.6M's left-hand shapedirs fix")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    parser.add_argument("--help_layout", action="store_true", help="print the expected download layout")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    args = parse_args(argv)
+    if args.help_layout:
+        print(layout.instructions())
+        return ""
+    builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt, mano_dir=args.mano_dir,
+                          fix_left_shapedirs=not args.no_fix_left_shapedirs)
+    start = time.perf_counter()
+    path = prepare(builder, args.manual_dir, overwrite=args.overwrite)
+    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
+    print(f"{NAME}/{args.config} ({counts}) ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(builder.policy.report(), file=sys.stderr)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ManualDirError, CorruptFileError) as err:  # a clear message, no traceback
+        sys.exit(f"error: {err}")

@@ -1,0 +1,323 @@
+"""tfds builder ``interhand``: InterHand2.6M v1.0 from its manual download (no TensorFlow).
+
+One record per annotation of ``InterHand2.6M_<split>_data.json`` (one image, both hands),
+in data.json order. Configs ``{5fps,30fps}_{h,m,hm}``: frame rate of the download and
+annotation subset (H human, M machine, H+M all; see :mod:`.layout`). Splits: train, val,
+test (H: train, test). Coordinates: camera frame (OpenCV), metres; conversions and
+conventions in :mod:`data_pipelines.interhand.layout`.
+
+Features (H, W = image height, width):
+
+===================  =================  =====================================================
+image                (H, W, 3) uint8    the original JPEG bytes
+image_size           (2,) int32         (height, width) from data.json (checked on decode)
+K                    (3, 3) float32     intrinsics from focal / princpt
+cam_R, cam_t         (3, 3), (3,) f32   world(mm) -> camera(m): X_cam = R X / 1000 + t
+joints3d             (42, 3) float32    camera frame, metres; right 0-20, left 21-41, each
+                                        hand in handjax "ih26m" order (wrist 20 / 41)
+joints2d             (42, 2) float32    pixels, = K joints3d projected
+joint_valid          (42,) bool         the annotation's joint_valid (not root-masked)
+hand_type            ClassLabel         right / left / interacting (codes 0 / 1 / 2)
+hand_type_valid      () bool
+bbox                 (4,) float32       annotation box (x, y, w, h), pixels
+mano/<hand>/...      hand = right/left  NeuralAnnot fit in the camera frame:
+  pose               (48,) float32      axis-angle, 3:48 relative to the MANO mean pose
+                                        (flat_hand_mean=False), 0:3 camera-frame root
+  betas              (10,) float32
+  transl             (3,) float32       smplx translation in the camera frame, exact for the
+                                        MANO model of metadata mano_pivot (its J0 pivot)
+  pose_world         (48,) float32      as stored (world root)
+  transl_world       (3,) float32       as stored, world metres
+  root_j0            (3,) float32       rest wrist J0(betas) used for the conversion
+  valid              () bool            a fit exists (zeros otherwise)
+rootnet/abs_depth    (2,) float32       RootNet root depth (right, left), metres
+rootnet/bbox         (4,) float32       RootNet box (x, y, w, h)
+rootnet/valid        () bool            an entry exists for this annotation
+annot_id, image_id   () int64
+capture, frame_idx   () int64
+subject              () int64           -1 when absent
+sequence_id          () int64           (capture, seq_name, camera) id within the split
+camera, seq_name     Text
+file_name            Text               relative to images/<split>/
+===================  =================  =====================================================
+
+Metadata: ``config`` (fps, subset), ``mano_pivot`` (model source, left fix applied),
+``rootnet`` (splits with RootNet outputs), ``skipped`` (corrupt files skipped per split).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from data_pipelines.manual import (
+    CorruptFileError,
+    CorruptPolicy,
+    ManualDirError,
+    prepare,
+    as_array,
+    check_manual_dir,
+    read_image,
+    record_key,
+)
+
+from . import layout
+
+NAME = "interhand"
+VERSION = "1.0.0"
+
+
+@dataclasses.dataclass
+class InterHandConfig(tfds.core.BuilderConfig):
+    """Frame rate of the download (5 / 30) and annotation subset ('h', 'm', 'hm')."""
+
+    fps: int = 5
+    subset: str = "hm"
+
+
+BUILDER_CONFIGS = [
+    InterHandConfig(name=f"{fps}fps_{subset}", description=f"InterHand2.6M v1.0, {fps} fps, subset "
+                    f"{ {'h': 'H (human)', 'm': 'M (machine)', 'hm': 'H+M (all)'}[subset]}", fps=fps, subset=subset)
+    for fps in layout.FPS for subset in layout.SUBSETS
+]
+
+
+def _features() -> tfds.features.FeaturesDict:
+    f32, tensor = np.float32, tfds.features.Tensor
+    hand = {
+        "pose": tensor(shape=(48,), dtype=f32), "betas": tensor(shape=(10,), dtype=f32),
+        "transl": tensor(shape=(3,), dtype=f32), "pose_world": tensor(shape=(48,), dtype=f32),
+        "transl_world": tensor(shape=(3,), dtype=f32), "root_j0": tensor(shape=(3,), dtype=f32),
+        "valid": tensor(shape=(), dtype=np.bool_),
+    }
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "image_size": tensor(shape=(2,), dtype=np.int32),
+        "K": tensor(shape=(3, 3), dtype=f32),
+        "cam_R": tensor(shape=(3, 3), dtype=f32),
+        "cam_t": tensor(shape=(3,), dtype=f32),
+        "joints3d": tensor(shape=(42, 3), dtype=f32),
+        "joints2d": tensor(shape=(42, 2), dtype=f32),
+        "joint_valid": tensor(shape=(42,), dtype=np.bool_),
+        "hand_type": tfds.features.ClassLabel(names=list(layout.HAND_TYPES)),
+        "hand_type_valid": tensor(shape=(), dtype=np.bool_),
+        "bbox": tensor(shape=(4,), dtype=f32),
+        "mano": {"right": dict(hand), "left": dict(hand)},
+        "rootnet": {"abs_depth": tensor(shape=(2,), dtype=f32), "bbox": tensor(shape=(4,), dtype=f32),
+                    "valid": tensor(shape=(), dtype=np.bool_)},
+        "annot_id": tensor(shape=(), dtype=np.int64),
+        "image_id": tensor(shape=(), dtype=np.int64),
+        "capture": tensor(shape=(), dtype=np.int64),
+        "frame_idx": tensor(shape=(), dtype=np.int64),
+        "subject": tensor(shape=(), dtype=np.int64),
+        "sequence_id": tensor(shape=(), dtype=np.int64),
+        "camera": tfds.features.Text(),
+        "seq_name": tfds.features.Text(),
+        "file_name": tfds.features.Text(),
+    })
+
+
+def _empty_hand() -> Dict[str, np.ndarray]:
+    z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    return {"pose": z(48), "betas": z(10), "transl": z(3), "pose_world": z(48), "transl_world": z(3),
+            "root_j0": z(3), "valid": False}
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """InterHand2.6M v1.0 (manual download) as ArrayRecord.
+
+    Extra constructor arguments: ``skip_corrupt`` (count, skip and report corrupt or missing
+    per-sample files instead of stopping), ``mano_dir`` (folder with the official
+    MANO_{RIGHT,LEFT}.pkl for the J0 pivot of the camera-frame MANO translation; None = the
+    built-in model, exact only for data generated with it), ``fix_left_shapedirs``
+    (InterHand2.6M's left-model fix, applied when the left model has the official bug).
+    """
+
+    VERSION = tfds.core.Version(VERSION)
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = BUILDER_CONFIGS
+    DEFAULT_CONFIG_NAME = "5fps_hm"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = layout.instructions()
+    pkg_dir_path = epath.Path(__file__).parent
+
+    def __init__(self, *, file_format=None, skip_corrupt: bool = False, mano_dir: Optional[str] = None,
+                 fix_left_shapedirs: bool = True, **kwargs):
+        self.policy = CorruptPolicy(skip_corrupt, NAME)
+        self.mano_dir = mano_dir
+        self.fix_left_shapedirs = fix_left_shapedirs
+        self._pivot: Optional[layout.RootPivot] = None
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+    # ------------------------------------------------------------------ tfds hooks
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        metadata = tfds.core.MetadataDict(config={"fps": cfg.fps, "subset": cfg.subset})
+        return self.dataset_info_from_configs(description=__doc__, features=_features(), disable_shuffling=True,
+                                              metadata=metadata, homepage=layout.DOWNLOAD_PAGE)
+
+    def check_manual_dir(self, manual_dir) -> Path:
+        cfg = self.builder_config
+        return check_manual_dir(manual_dir, layout.required_entries(cfg.subset), dataset=f"{NAME}/{cfg.name}",
+                                instructions=layout.instructions(cfg.subset))
+
+    def _split_generators(self, dl_manager):
+        root = self.check_manual_dir(dl_manager.manual_dir)
+        cfg = self.builder_config
+        self._pivot = layout.load_root_pivot(self.mano_dir, self.fix_left_shapedirs)
+        if self.mano_dir is None:
+            print(f"{NAME}: no --mano_dir given: the camera-frame MANO translations (mano/<hand>/transl) use the "
+                  "rest wrist of handjax's built-in hand model, NOT of the official MANO model the NeuralAnnot "
+                  "fits were made with; pass the folder of MANO_RIGHT.pkl / MANO_LEFT.pkl for real data "
+                  "(pose_world / transl_world are stored exactly either way)", file=sys.stderr)
+        self.info.metadata["mano_pivot"] = {"source": self._pivot.source,
+                                            "left_shapedirs_fix_applied": self._pivot.left_fix_applied}
+        self.info.metadata["rootnet"], self.info.metadata["skipped"] = [], {}
+        plans = {split: self._plan(root, split) for split in layout.subset_splits(cfg.subset)}
+        self._check_images(root, plans)
+        return {split: self._generate_examples(root, split, *plans[split]) for split in plans}
+
+    def _generate_examples(self, root, split: str, ann: layout.SplitAnnotations, rows: List[dict]
+                           ) -> Iterator[Tuple[int, Dict]]:
+        seq_ids = layout.sequence_keys(r["image"] for r in rows)
+        before = self.policy.count
+        for position, row in enumerate(rows):
+            try:
+                example = self._example(root, split, ann, row, seq_ids)
+            except CorruptFileError as err:
+                self.policy.handle(err)
+                continue
+            yield record_key(position, len(rows)), example
+        self._finish_split(split, before)
+
+    # ------------------------------------------------------------------ planning
+    def _plan(self, root, split: str) -> Tuple[layout.SplitAnnotations, List[dict]]:
+        ann = layout.load_split(root, split, self.builder_config.fps)
+        if ann.rootnet is not None:
+            self.info.metadata["rootnet"].append(split)
+        rows = []
+        for a in layout.select_annotations(ann, self.builder_config.subset, root):
+            try:
+                rows.append(layout.parse_annotation(ann, a))
+            except CorruptFileError as err:
+                self.policy.handle(err)
+        if not rows:
+            raise ValueError(f"{NAME}: split {split!r} has no usable annotation under {root}")
+        return ann, rows
+
+    def _check_images(self, root, plans) -> None:
+        """Every missing image of every split in ONE error (or skipped with skip_corrupt)."""
+        missing = []
+        for split, (_, rows) in plans.items():
+            lost = set(layout.missing_images(root, split, [r["image"]["file_name"] for r in rows]))
+            if lost and self.policy.skip:
+                for path in sorted(lost):
+                    self.policy.handle(CorruptFileError(os.path.join(os.fspath(root), path), "image file missing"))
+                rows[:] = [r for r in rows if os.path.join("images", split, r["image"]["file_name"]) not in lost]
+            missing += sorted(lost)
+        if missing and not self.policy.skip:
+            listed = "\n".join(f"  {m}" for m in missing[:200])
+            more = f"\n  ... and {len(missing) - 200} more" if len(missing) > 200 else ""
+            raise ManualDirError(f"{NAME}: {len(missing)} image file(s) named in data.json are missing under "
+                                 f"{root}:\n{listed}{more}\n\n{layout.instructions(self.builder_config.subset)}",
+                                 missing)
+
+    def _finish_split(self, split: str, before: int) -> None:
+        skipped = self.policy.skipped[before:]
+        self.info.metadata["skipped"][split] = [{"path": p, "reason": r} for p, r in skipped]
+        if skipped:
+            print(self.policy.report(), file=sys.stderr)
+
+    # ------------------------------------------------------------------ one record
+    def _example(self, root, split: str, ann: layout.SplitAnnotations, row: dict, seq_ids) -> Dict:
+        img = row["image"]
+        capture, cam, frame = img["capture"], img["camera"], img["frame_idx"]
+        camera = layout.camera_of(ann, capture, cam)
+        joints3d = camera.from_world(layout.world_joints_of(ann, capture, frame))
+        path = layout.image_path(root, split, img["file_name"])
+        encoded = read_image(path)
+        size = (int(img["height"]), int(img["width"]))
+        if encoded.shape[:2] != size or encoded.format != "jpeg":
+            raise CorruptFileError(path, f"expected a {size[0]}x{size[1]} JPEG (data.json), got a "
+                                         f"{encoded.shape[0]}x{encoded.shape[1]} {encoded.format}")
+        return {
+            "image": encoded.data,
+            "image_size": np.array(size, np.int32),
+            "K": camera.K.astype(np.float32),
+            "cam_R": camera.R.astype(np.float32),
+            "cam_t": camera.t.astype(np.float32),
+            "joints3d": joints3d.astype(np.float32),
+            "joints2d": layout.project(joints3d, camera.K).astype(np.float32),
+            "joint_valid": row["joint_valid"],
+            "hand_type": row["hand_type"],
+            "hand_type_valid": row["hand_type_valid"],
+            "bbox": row["bbox"],
+            "mano": {hand: self._mano(ann, capture, frame, hand, camera) for hand in layout.HANDS},
+            "rootnet": self._rootnet(ann, row["annot_id"]),
+            "annot_id": row["annot_id"],
+            "image_id": int(img["id"]),
+            "capture": int(capture),
+            "frame_idx": int(frame),
+            "subject": int(img.get("subject", -1)),
+            "sequence_id": seq_ids[(str(capture), str(img.get("seq_name", "")), str(cam))],
+            "camera": str(cam),
+            "seq_name": str(img.get("seq_name", "")),
+            "file_name": str(img["file_name"]),
+        }
+
+    def _mano(self, ann, capture, frame, hand: str, camera: layout.Camera) -> Dict:
+        param = layout.mano_of(ann, capture, frame, hand)
+        if param is None:
+            return _empty_hand()
+        j0 = self._pivot(hand, param["shape"])
+        pose, transl = layout.mano_world_to_camera(param["pose"], param["trans"], camera.R, camera.t, j0)
+        f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+        return {"pose": f32(pose), "betas": f32(param["shape"]), "transl": f32(transl),
+                "pose_world": f32(param["pose"]), "transl_world": f32(param["trans"]), "root_j0": f32(j0),
+                "valid": True}
+
+    @staticmethod
+    def _rootnet(ann: layout.SplitAnnotations, annot_id: int) -> Dict:
+        entry = None if ann.rootnet is None else ann.rootnet.get(annot_id)
+        if entry is None:
+            return {"abs_depth": np.zeros(2, np.float32), "bbox": np.zeros(4, np.float32), "valid": False}
+        path = ann.paths["rootnet"]
+        depth = as_array(entry.get("abs_depth"), (2,), path=path, key=f"annot_id {annot_id}: abs_depth")
+        bbox = as_array(entry.get("bbox"), (4,), path=path, key=f"annot_id {annot_id}: bbox")
+        return {"abs_depth": depth / 1000.0, "bbox": bbox, "valid": True}
+
+
+# ----------------------------------------------------------------------------- helpers
+def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def get_builder(config: str = "5fps_hm", data_dir: Optional[str] = None, **kwargs) -> Builder:
+    """The builder of a config name (kwargs: skip_corrupt, mano_dir, fix_left_shapedirs)."""
+    names = [c.name for c in BUILDER_CONFIGS]
+    if config not in names:
+        raise ValueError(f"unknown {NAME} config {config!r}; known: {names}")
+    return Builder(config=config, data_dir=data_dir or default_data_dir(), **kwargs)
+
+
+def ensure_built(config: str = "5fps_hm", data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
+                 **kwargs) -> str:
+    """The builder directory ``<data_dir>/interhand/<config>/1.0.0``, built from ``manual_dir`` if
+    missing (FileNotFoundError with the download instructions when neither exists);
+    kwargs: skip_corrupt, mano_dir, fix_left_shapedirs."""
+    builder = get_builder(config, data_dir, **kwargs)
+    if builder.is_prepared():
+        return os.fspath(builder.data_path)
+    if not manual_dir:
+        raise FileNotFoundError(f"interhand/{config} is not built under {builder.data_dir}; give the raw "
+                                f"download (data.manual_dir / --manual_dir) to build it.\n\n{layout.instructions()}")
+    path = prepare(builder, manual_dir)
+    if builder.policy.count:
+        print(builder.policy.report(), file=sys.stderr)
+    return path
