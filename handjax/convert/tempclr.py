@@ -1,0 +1,425 @@
+"""Released PyTorch checkpoints -> handjax model-only checkpoints: TempCLR and torchvision ResNets.
+
+TempCLR (eth-ait/tempclr, tempclr.md sections 1-2)
+---------------------------------------------------
+A release folder ``<TempCLR_release>/{FreiHAND_model|HO3D_model}/checkpoints/``
+holds ``latest_checkpoint``, a text file whose content is the path of the real
+checkpoint (``tempclr_freihand`` / ``tempclr_ho3d``), and that checkpoint: a
+``torch.save`` dict ``{'model': state_dict, 'optimizer': ..., 'iteration': ...}``.
+The FreiHAND model is ResNet-50 (features F = 2048), the HO3D model ResNet-18
+(F = 512); both regress P = 109 parameters with a 3-stage shared MLP
+(F + 109 -> 1024 -> 1024 -> 109).
+
+State-dict key -> ``handjax.models.tempclr.TempCLRModel`` path:
+
+=========================================  ==================================  ==========================
+TempCLR key                                handjax path                        transform
+=========================================  ==================================  ==========================
+``backbone.*`` (torchvision names)         ``backbone.*``                      ``torchvision_resnet_rules``
+``regressor.module.layer_000.0.weight``    ``regressor.layers[0].kernel``      (1024, F+109) -> transpose
+``regressor.module.layer_NNN.0.weight``    ``regressor.layers[NNN].kernel``    (out, in) -> (in, out)
+``regressor.module.layer_NNN.0.bias``      ``regressor.layers[NNN].bias``      none
+``regressor.module.output_layer.*``        ``regressor.output_layer.*``        as above
+``regressor.mean_param`` [1, 109]          ``regressor.mean_param`` (109,)     reshape (x0 of the stages)
+=========================================  ==================================  ==========================
+
+Deliberately unused (each with a reason in the report): the parameter-layout
+buffers ``*_idxs``, the construction-time means ``*_mean`` and ``param_mean``
+(the forward pass starts from ``regressor.mean_param``), the 6D decoders'
+``mean`` (bookkeeping only), BatchNorm step counters, a contrastive
+``projection_head`` if present (training only) and every MANO buffer
+(``model.*``: licensed data, never copied; MANO comes from the user's own file
+or the built-in hand model at run time).
+
+Conversion is strict: every tensor of the state dict is used exactly once or
+ignored with a reason, every leaf of the model is written, shapes must match;
+all violations are reported together, naming the keys
+(:class:`handjax.convert.ConversionError`). No torch is needed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from handjax.convert.mapping import Ignore, MappingReport, Rule, apply_rules, flatten_tree, path_str
+from handjax.convert.rules_torchvision import torchvision_resnet_rules
+from handjax.convert.state_dict import ExtractReport, extract_state_dict
+from handjax.convert.torch_reader import LoadReport, PlaceholderWarning, load_torch_checkpoint
+from handjax.models.resnet import RESNET_SPECS, ResNet  # RESNET_SPECS: depth -> (block kind, blocks per stage)
+from handjax.models.tempclr import NUM_PARAMS, TempCLRModel
+from handjax.train.checkpoint import is_model_checkpoint, save_model
+
+POINTER_NAME = "latest_checkpoint"
+TEMPCLR_HIDDEN = (1024, 1024)
+TEMPCLR_NUM_STAGES = 3
+_POINTER_MAX_BYTES = 4096
+
+
+# ----------------------------------------------------------------------------
+# depth detection
+# ----------------------------------------------------------------------------
+
+
+def resnet_feature_dim(depth: int) -> int:
+    """Pooled feature width F of a torchvision ResNet: 512 (BasicBlock) or 2048 (Bottleneck)."""
+    if depth not in RESNET_SPECS:
+        raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth!r}")
+    return 2048 if RESNET_SPECS[depth][0] == "bottleneck" else 512
+
+
+def detect_resnet_depth(state_dict: Mapping[str, Any], prefix: str = "", source_name: str = "state dict") -> int:
+    """Depth (18, 34 or 50) of the torchvision ResNet whose keys sit under ``prefix``.
+
+    Counts the blocks ``<prefix>layer<L>.<i>.*`` of each stage and looks for a
+    Bottleneck ``conv3``. Raises ValueError naming ``source_name`` when there
+    are no such keys or the block layout is not a supported torchvision ResNet.
+    """
+    block = re.compile(re.escape(prefix) + r"layer([1-4])\.(\d+)\.(.+)")
+    blocks: dict[int, set[int]] = {stage: set() for stage in range(1, 5)}
+    bottleneck = False
+    for key in state_dict:
+        m = block.fullmatch(key)
+        if m:
+            blocks[int(m.group(1))].add(int(m.group(2)))
+            bottleneck |= m.group(3) == "conv3.weight"
+    if not any(blocks.values()):
+        first = list(state_dict)[:5]
+        raise ValueError(f"{source_name}: no '{prefix}layer<L>.<i>.*' keys, so this is not a torchvision ResNet "
+                         f"state dict under prefix {prefix!r} (first keys: {first})")
+    counts = tuple(max(b) + 1 if b else 0 for b in blocks.values())
+    kind = "bottleneck" if bottleneck else "basic"
+    for depth, spec in RESNET_SPECS.items():
+        if spec == (kind, counts):
+            return depth
+    known = ", ".join(f"ResNet-{d}: {k} {c}" for d, (k, c) in RESNET_SPECS.items())
+    raise ValueError(f"{source_name}: '{prefix}layer*' keys describe {kind} blocks {counts} per stage, "
+                     f"which is no supported ResNet ({known})")
+
+
+def detect_tempclr_depth(state_dict: Mapping[str, Any], source_name: str = "state dict") -> int:
+    """Backbone depth of a TempCLR state dict: 50 (FreiHAND model) or 18 (HO3D model).
+
+    Read from the ``backbone.layer*`` keys (``backbone.layer1.0.conv3.weight``
+    exists only in the Bottleneck ResNet-50); the regressor's input width
+    (2157 = 2048 + 109 vs 621 = 512 + 109) is checked against it during the
+    mapping (see :func:`tempclr_rules`).
+    """
+    return detect_resnet_depth(state_dict, "backbone.", source_name)
+
+
+# ----------------------------------------------------------------------------
+# rules
+# ----------------------------------------------------------------------------
+
+_PARTS = r"(?:wrist_pose|hand_pose|betas|camera)"
+
+
+def _first_layer_linear(depth: int):
+    """'linear' transform for the regressor's first layer, checking its input width F + 109."""
+    feat = resnet_feature_dim(depth)
+    width = feat + NUM_PARAMS
+
+    def first_layer_linear(x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != width:
+            got = x.shape[1] if x.ndim == 2 else x.shape
+            raise ValueError(f"expected a (hidden, {width}) weight: input = ResNet-{depth} features ({feat}) + "
+                             f"{NUM_PARAMS} parameters, got shape {x.shape} (input width {got}); "
+                             "is the checkpoint from a different backbone?")
+        return x.T
+
+    return first_layer_linear
+
+
+def mean_param_row(x: np.ndarray) -> np.ndarray:
+    """TempCLR's ``regressor.mean_param`` buffer [1, P] -> handjax's (P,)."""
+    if x.ndim != 2 or x.shape[0] != 1:
+        raise ValueError(f"expected a [1, P] row vector, got shape {x.shape}")
+    return x.reshape(-1)
+
+
+def _regressor_layer(match: re.Match) -> tuple:
+    """``regressor.module.layer_NNN.0.<w>`` -> ``('regressor', 'layers', NNN, kernel|bias)``."""
+    return "regressor", "layers", int(match.group(1)), "kernel" if match.group(2) == "weight" else "bias"
+
+
+def tempclr_rules(depth: int) -> list[Rule | Ignore]:
+    """Mapping of a TempCLR ``MANORegressor`` state dict onto ``TempCLRModel(depth)`` (module docstring).
+
+    depth: backbone depth (18, 34, 50); fixes the expected input width of
+    ``regressor.module.layer_000.0.weight`` (F + 109).
+    """
+    resnet_feature_dim(depth)  # validates depth
+    mano = "MANO buffer: licensed, taken from the user's MANO file or the built-in model"
+    return [
+        Ignore(rf"{_PARTS}_idxs", "index buffer of the 109-d parameter layout (fixed in handjax.models.tempclr)"),
+        Ignore(rf"{_PARTS}_mean", "construction-time mean of one parameter group: not used in the forward pass "
+                                  "(x0 is regressor.mean_param)"),
+        Ignore(r"param_mean", "HMRLikeRegressor's copy of the mean vector: not used in the forward pass "
+                              "(x0 is regressor.mean_param)"),
+        Ignore(r"(?:wrist_pose|hand_pose)_decoder\.mean", "6D decoder mean: bookkeeping only, unused in forward"),
+        Ignore(r"model\.parents", f"{mano} (kinematic tree)"),
+        Ignore(r"model\.extra_joint_selector\.(?:bcs|face_ids)",
+               f"{mano} (fingertip faces/barycentrics; handjax's 'tempclr' convention uses the same tip "
+               "vertices 318, 443, 671, 554, 720)"),
+        Ignore(r"projection_head\..+", "contrastive projection head: training only, not built at inference"),
+        *torchvision_resnet_rules("backbone.", "backbone"),
+        Rule(r"regressor\.module\.layer_(000)\.0\.(weight)", _regressor_layer, _first_layer_linear(depth)),
+        Rule(r"regressor\.module\.layer_(\d{3})\.0\.(weight)", _regressor_layer, "linear"),
+        Rule(r"regressor\.module\.layer_(\d{3})\.0\.(bias)", _regressor_layer, "identity"),
+        Rule(r"regressor\.module\.output_layer\.weight", "regressor.output_layer.kernel", "linear"),
+        Rule(r"regressor\.module\.output_layer\.bias", "regressor.output_layer.bias", "identity"),
+        Rule(r"regressor\.mean_param", "regressor.mean_param", mean_param_row),
+    ]
+
+
+# ----------------------------------------------------------------------------
+# checkpoint location
+# ----------------------------------------------------------------------------
+
+
+def _read_pointer(pointer: str) -> str:
+    """The path stored in a ``latest_checkpoint`` file (stripped), with clear errors."""
+    with open(pointer, "rb") as fh:
+        raw = fh.read(_POINTER_MAX_BYTES + 1)
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = None
+    if text is None or len(raw) > _POINTER_MAX_BYTES or "\n" in text or "\0" in text:
+        raise ValueError(f"{pointer}: expected a short text file holding one checkpoint path "
+                         "(TempCLR's latest_checkpoint); pass the checkpoint file itself instead")
+    if not text:
+        raise ValueError(f"{pointer}: empty; expected the path of the checkpoint file")
+    return text
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, Optional[str]]:
+    """``(checkpoint file, latest_checkpoint file or None)`` for a file, a pointer or a folder.
+
+    path: the checkpoint file; a ``latest_checkpoint`` text file; or the folder
+    holding one. A relative path in the pointer is resolved against the
+    pointer's folder first, then against the current directory (the original
+    code resolves it against the CWD); an absolute path is used as is.
+    Raises FileNotFoundError naming every location tried.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        pointer = os.path.join(path, POINTER_NAME)
+        if not os.path.isfile(pointer):
+            listing = sorted(os.listdir(path))[:10]
+            raise FileNotFoundError(f"{path}: no '{POINTER_NAME}' file in this folder (found {listing}); pass the "
+                                    "checkpoint file itself or TempCLR's checkpoints folder")
+    elif os.path.isfile(path):
+        if os.path.basename(path) != POINTER_NAME:
+            return os.path.abspath(path), None
+        pointer = path
+    else:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    pointer = os.path.abspath(pointer)
+    target = _read_pointer(pointer)
+    folder = os.path.dirname(pointer)
+    candidates = [target] if os.path.isabs(target) else [os.path.join(folder, target), os.path.abspath(target)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate), pointer
+    hint = ""
+    local = os.path.join(folder, os.path.basename(target))
+    if os.path.isfile(local):
+        hint = f"; a file of that name is next to it: pass --checkpoint {local}"
+    raise FileNotFoundError(f"{pointer} points to {target!r}, which is not a file (tried {candidates}){hint}")
+
+
+# ----------------------------------------------------------------------------
+# conversion
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class ConversionReport:
+    """Everything one conversion did.
+
+    system: 'tempclr' | 'torchvision-resnet'; checkpoint: the file read;
+    pointer: the ``latest_checkpoint`` followed (or None); out_dir: where the
+    model-only checkpoint was written (None if not written); depth: backbone
+    depth; load / extract / mapping: reports of the three steps; meta: the
+    metadata saved with the checkpoint.
+    """
+
+    system: str
+    checkpoint: str
+    pointer: Optional[str]
+    depth: int
+    load: LoadReport
+    extract: ExtractReport
+    mapping: MappingReport
+    meta: dict = field(default_factory=dict)
+    out_dir: Optional[str] = None
+
+    def summary(self, per_tensor: bool = True) -> str:
+        """Readable report; ``per_tensor`` lists every tensor (assigned or ignored, with the reason)."""
+        via = f" (via {self.pointer})" if self.pointer else ""
+        lines = [f"{self.system}: {self.checkpoint}{via}", "  " + self.load.summary().replace("\n", "\n  ")]
+        if self.extract.nested_path or self.extract.stripped_prefixes:
+            lines.append(f"  state dict under {'/'.join(self.extract.nested_path) or 'the root'}"
+                         + (f", prefixes stripped: {list(self.extract.stripped_prefixes)}"
+                            if self.extract.stripped_prefixes else ""))
+        for entry in self.extract.skipped:
+            lines.append(f"  skipped non-tensor entry {entry}")
+        head = (f" + TempCLR regressor (hidden {list(TEMPCLR_HIDDEN)}, {TEMPCLR_NUM_STAGES} stages)"
+                if self.system == "tempclr" else "")
+        lines.append(f"  model: ResNet-{self.depth}{head}")
+        lines.append("  " + self.mapping.summary().replace("\n", "\n  "))
+        if per_tensor:
+            lines += [f"    used     {src} -> {dst} [{tr}]" for src, dst, tr in self.mapping.assigned]
+            lines += [f"    ignored  {src}: {reason}" for src, reason in self.mapping.ignored]
+            lines += [f"    cast     {entry}" for entry in self.mapping.cast]
+        if self.out_dir:
+            lines.append(f"written: {self.out_dir} (handjax model-only checkpoint)")
+        return "\n".join(lines)
+
+
+def build_tempclr_model(depth: int, seed: int = 0, abstract: bool = False):
+    """``TempCLRModel`` with the released configuration: hidden (1024, 1024), 3 stages, no projection head.
+
+    abstract: shapes only (``nnx.eval_shape``; no initialisation compute), e.g.
+    as the target of :func:`fill_from_state_dict` or ``load_model``.
+    """
+    resnet_feature_dim(depth)
+    make = lambda: TempCLRModel(depth=depth, rngs=nnx.Rngs(seed), num_stages=TEMPCLR_NUM_STAGES,
+                                hidden=TEMPCLR_HIDDEN, projection=None)
+    return nnx.eval_shape(make) if abstract else make()
+
+
+def fill_from_state_dict(abstract_model, state_dict: Mapping[str, np.ndarray], rules: list[Rule | Ignore], *,
+                         source_name: str = "state dict"):
+    """``(model, MappingReport)``: ``abstract_model``'s graph with EVERY variable taken from ``state_dict``.
+
+    abstract_model: an nnx module, typically from ``nnx.eval_shape`` (nothing is
+    initialised, so conversion costs no random-init compilation). All variables
+    (Param, BatchStat, Buffer, ...) are targets of the strict mapping, so a
+    variable no rule fills is reported as missing (ConversionError). float
+    sources are cast to the target float dtype (listed in ``report.cast``).
+    """
+    graphdef, state = nnx.split(abstract_model)
+    tree, report = apply_rules(state_dict, rules, nnx.to_pure_dict(state), allow_cast=True, source_name=source_name)
+    unfilled = [path_str(p) for p, leaf in flatten_tree(tree).items() if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if unfilled:  # only leaves kept by the MANO guard can get here; this model must not have any
+        raise ValueError(f"{source_name}: model variables left without a value: {unfilled}")
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, tree))
+    return nnx.merge(graphdef, state), report
+
+
+def tempclr_model_from_state_dict(state_dict: Mapping[str, np.ndarray], depth: Optional[int] = None,
+                                  source_name: str = "state dict"):
+    """``(model, depth, MappingReport)``: a ``TempCLRModel`` holding the state dict's weights.
+
+    state_dict: TempCLR's flat ``model`` state dict as numpy arrays. depth:
+    backbone depth, detected from the keys when None (a given depth must agree).
+    Raises ConversionError listing missing, unused and wrong-shape keys.
+    """
+    detected = detect_tempclr_depth(state_dict, source_name)
+    if depth is not None and int(depth) != detected:
+        raise ValueError(f"{source_name}: depth {depth} was asked for, but the backbone keys describe "
+                         f"a ResNet-{detected}")
+    model, report = fill_from_state_dict(build_tempclr_model(detected, abstract=True), state_dict,
+                                         tempclr_rules(detected), source_name=source_name)
+    return model, detected, report
+
+
+def _load_state_dict(path: str, nested_keys: tuple[str, ...]):
+    """(obj, state dict, LoadReport, ExtractReport) of a torch.save file, torch-free."""
+    with warnings.catch_warnings():  # placeholders are listed in the report instead
+        warnings.simplefilter("ignore", PlaceholderWarning)
+        obj, load_report = load_torch_checkpoint(path)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a checkpoint dict or state dict, got {type(obj).__name__}")
+    try:
+        state_dict, extract_report = extract_state_dict(obj, prefixes_to_strip=("module.",), nested_keys=nested_keys)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    return obj, state_dict, load_report, extract_report
+
+
+def _prepare_out_dir(out_dir: str | os.PathLike, checkpoint: str) -> str:
+    """Absolute ``out_dir``; refuses a non-empty folder that is not a handjax model checkpoint."""
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.isfile(out_dir):
+        raise FileExistsError(f"--out {out_dir} is a file; expected a (new) directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_model_checkpoint(out_dir):
+        raise FileExistsError(f"--out {out_dir} exists, is not empty and is not a handjax model checkpoint; "
+                              "refusing to write into it")
+    if os.path.dirname(checkpoint) == out_dir:
+        raise FileExistsError(f"--out {out_dir} is the folder of the source checkpoint; choose another directory")
+    return out_dir
+
+
+def _write(model, out_dir: str, meta: dict, report: ConversionReport) -> None:
+    save_model(model, out_dir, meta)
+    report.out_dir = out_dir
+    with open(os.path.join(out_dir, "conversion_report.txt"), "w") as fh:
+        fh.write(report.summary(per_tensor=True) + "\n")
+
+
+def convert_tempclr(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> ConversionReport:
+    """Convert a released TempCLR checkpoint into a handjax model-only checkpoint at ``out_dir``.
+
+    checkpoint: the checkpoint file, its ``latest_checkpoint`` or the folder
+    holding that (see :func:`resolve_checkpoint`). Reads it without torch
+    (non-tensor objects stay inert), takes the ``model`` state dict, detects
+    the depth, fills a ``TempCLRModel(depth, hidden=(1024, 1024), 3 stages)``
+    strictly and writes it with ``handjax.train.checkpoint.save_model``, with
+    meta ``{'system': 'tempclr', 'depth', 'source', ...}`` and
+    ``conversion_report.txt``. The result loads with
+    ``handjax.train.loop.restore_model`` (config ``eval.checkpoint`` /
+    ``finetune.init_from`` with ``model.hidden=(1024, 1024)``, ``model.depth``).
+    Returns the :class:`ConversionReport`.
+    """
+    path, pointer = resolve_checkpoint(checkpoint)
+    out = _prepare_out_dir(out_dir, path)
+    obj, state_dict, load_report, extract_report = _load_state_dict(path, nested_keys=("model", "state_dict"))
+    model, depth, mapping = tempclr_model_from_state_dict(state_dict, source_name=path)
+    iteration = obj.get("iteration")
+    meta = {"system": "tempclr", "depth": depth, "source": path, "pointer": pointer,
+            "hidden": list(TEMPCLR_HIDDEN), "num_stages": TEMPCLR_NUM_STAGES, "projection": None,
+            "iteration": iteration if isinstance(iteration, int) else None,
+            "converter": "handjax.convert.tempclr.convert_tempclr"}
+    report = ConversionReport("tempclr", path, pointer, depth, load_report, extract_report, mapping, meta)
+    _write(model, out, meta, report)
+    return report
+
+
+def convert_torchvision_resnet(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
+                               depth: Optional[int] = None) -> ConversionReport:
+    """Convert torchvision ResNet weights (e.g. ``resnet50-0676ba61.pth``) into a handjax ResNet checkpoint.
+
+    The state dict may be plain or wrapped (``state_dict`` / ``model`` ...,
+    ``module.`` prefix). depth: 18, 34 or 50, detected when None (a given
+    depth must agree). ``fc.*`` is ignored (handjax's ResNet has no
+    classifier). Load the result with
+    ``handjax.train.checkpoint.load_model(ResNet(depth, rngs=...), out_dir)``.
+    """
+    path = os.path.abspath(os.fspath(checkpoint))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"--checkpoint {path} is a folder; expected a torchvision .pth file")
+    out = _prepare_out_dir(out_dir, path)
+    _, state_dict, load_report, extract_report = _load_state_dict(
+        path, nested_keys=("state_dict", "model", "model_state_dict", "net", "network", "weights", "params"))
+    detected = detect_resnet_depth(state_dict, "", path)
+    if depth is not None and int(depth) != detected:
+        raise ValueError(f"{path}: --depth {depth} was given, but the keys describe a ResNet-{detected}")
+    abstract = nnx.eval_shape(lambda: ResNet(detected, rngs=nnx.Rngs(0)))
+    model, mapping = fill_from_state_dict(abstract, state_dict, torchvision_resnet_rules(), source_name=path)
+    meta = {"system": "torchvision-resnet", "depth": detected, "source": path,
+            "converter": "handjax.convert.tempclr.convert_torchvision_resnet"}
+    report = ConversionReport("torchvision-resnet", path, None, detected, load_report, extract_report, mapping, meta)
+    _write(model, out, meta, report)
+    return report
