@@ -19,11 +19,12 @@ import numpy as np
 from flax import nnx
 
 from handjax import mano
-from handjax.eval import MetricAccumulator, hand_metrics
+from handjax.eval import protocols
 from handjax.geometry import axis_angle_to_matrix
 from handjax.losses import (keypoint_l1, nt_xent, param_mse, root_relative, undo_equivariance,
                             weighted_sum, window_pairs)
 from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
+from handjax.train.checkpoint import is_model_checkpoint
 from handjax.train.loop import Task, global_batch, make_mesh, restore_model, train
 
 MODEL_CONVENTION = "tempclr"
@@ -118,21 +119,26 @@ def summary_fn(mano_model, remap, image_size: int, num_images: int = 4):
     return summarize
 
 
-def evaluate(model, predict, data_iter, mesh) -> dict:
-    """Metrics of ``model`` over a finite iterator (padded samples carry valid=False)."""
+def evaluate(model, predict, data_iter, mesh, predictions=None) -> dict:
+    """Metrics of ``model`` over a finite iterator (``handjax.eval.protocols``: padded samples
+    carry valid=False, samples without ground truth has_joints3d / has_vertices=False).
+    ``predictions``: an optional ``protocols.PredictionCollector`` that receives every prediction."""
     model.eval()
     graphdef, state = nnx.split(model)
+    # replicate on the mesh: a restored model-only checkpoint lives on one device, the images are sharded
+    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
     @jax.jit
     def step(state, images):
         return predict(nnx.merge(graphdef, state), images)
 
-    acc = MetricAccumulator()
+    acc = protocols.HandEvaluator()
     for local in data_iter:
         images = global_batch({"image": local["image"]}, mesh)["image"]
         joints, verts = jax.device_get(step(state, images))
-        per_sample = hand_metrics(joints, local["joints3d"], verts, local["vertices"])
-        acc.add(per_sample, local.get("valid"))
+        acc.add_batch(joints, verts, local)
+        if predictions is not None:
+            predictions.add_batch(joints, verts, local)
     return acc.result()
 
 
@@ -140,11 +146,10 @@ def mean_pose_metrics(mano_model, remap, data_iter) -> dict:
     """Baseline: the regressor's starting point x0 (mean pose/shape) predicted for every image."""
     out = decode(default_mean_param()[None], mano_model, convention=MODEL_CONVENTION)
     joints, verts = np.asarray(out["joints"][:, jnp.array(remap)]), np.asarray(out["vertices"])
-    acc = MetricAccumulator()
+    acc = protocols.HandEvaluator()
     for local in data_iter:
         n = len(local["joints3d"])
-        per_sample = hand_metrics(np.repeat(joints, n, 0), local["joints3d"], np.repeat(verts, n, 0), local["vertices"])
-        acc.add(per_sample, local.get("valid"))
+        acc.add_batch(np.repeat(joints, n, 0), np.repeat(verts, n, 0), local)
     return acc.result()
 
 
@@ -179,10 +184,11 @@ def run(cfg, workdir: str, data) -> dict:
         init_from = f.init_from or (pre_dir if "pretrain" in stages else "")
         if init_from:
             if pretrained is None:
-                pretrained = build_model(cfg, with_projection=True, seed=cfg.seed)
+                # a pretrain workdir holds a projection head; a converted model-only checkpoint does not
+                pretrained = build_model(cfg, with_projection=not is_model_checkpoint(init_from), seed=cfg.seed)
                 restore_model(pretrained, init_from, cfg.pretrain)
             _copy_backbone(pretrained, model)
-            print(f"[finetune] backbone initialised from contrastive pretraining ({init_from})", flush=True)
+            print(f"[finetune] backbone initialised from {init_from} (backbone weights only, as TempCLR)", flush=True)
         loss = functools.partial(finetune_loss, mano_model=mano_model, remap=remap, weights=dict(f.loss_weights),
                                  image_size=image_size)
         it = data(split="train", mode="frame", batch_size=int(f.batch_size), train=True, seed=cfg.seed + 1)
@@ -194,17 +200,37 @@ def run(cfg, workdir: str, data) -> dict:
 
     if "eval" in stages:
         e = cfg.eval
+        benchmark = e.get("protocol", "") or ""  # 'freihand' | 'ho3d': also write the CodaLab pred.json
+        collector = protocols.PredictionCollector() if benchmark else None
         make_it = lambda: data(split=e.split, mode="frame", batch_size=int(e.batch_size), train=False, seed=0)
         results["eval"] = {
             "mean pose (x0)": mean_pose_metrics(mano_model, remap, make_it()),
             "fine-tuned" + (" (with TempCLR pretraining)" if "pretrain" in stages or cfg.finetune.init_from else
-                            " (no pretraining)"): evaluate(model, predict_fn(mano_model, remap), make_it(), mesh),
+                            " (no pretraining)"): evaluate(model, predict_fn(mano_model, remap), make_it(), mesh,
+                                                           collector),
         }
         if jax.process_index() == 0:
-            print(format_table(results["eval"]), flush=True)
+            print(protocols.format_metrics(results["eval"]) if benchmark else format_table(results["eval"]),
+                  flush=True)
             with open(os.path.join(workdir, "eval_metrics.json"), "w") as fh:
                 json.dump(results["eval"], fh, indent=2)
+            if benchmark:
+                results["pred_json"] = _write_pred_json(benchmark, collector, e.get("pred_json", "") or
+                                                        os.path.join(workdir, "pred.json"))
     return results
+
+
+def _write_pred_json(benchmark: str, collector, path: str) -> str:
+    """The CodaLab submission file of the collected predictions (official order); returns its path."""
+    joints, verts = collector.arrays()
+    expected = protocols.pred_format(benchmark).num_samples
+    if expected is not None and len(joints) != expected:
+        print(f"[eval] note: {len(joints)} samples, the {benchmark} benchmark has {expected}: pred.json is not a "
+              f"complete submission", flush=True)
+    protocols.write_pred_json(path, benchmark, joints, verts, check_count=False)
+    print(f"[eval] {benchmark} pred.json ({len(joints)} samples) written to {path}; submit with: "
+          f"zip -j pred.zip {path}", flush=True)
+    return path
 
 
 def format_table(rows: dict) -> str:
