@@ -44,13 +44,14 @@ def get_config(arg=None):
     c.finetune = dict(num_steps=700, batch_size=32, init_from="",
                       loss_weights=dict(joints2d=1.0, joints3d=10.0, vertices=10.0, pose=1.0, betas=0.01),
                       optim=_optim(1e-3, 20), **dict(common, summary_every=350))
-    c.eval = dict(split="test", batch_size=64, checkpoint="")
+    c.eval = dict(split="test", batch_size=64, checkpoint="")  # real datasets: "evaluation"
 
     if a.recipe != "default":  # paper scale (real datasets, GPU/TPU)
         c.model.depth = 50 if a.recipe == "freihand" else 18
         c.data.name = a.recipe
         c.data.image_size = 256
         c.data.joint_convention = "freihand" if a.recipe == "freihand" else "ho3d"
+        c.eval.split = "evaluation"
         c.pretrain.update(num_steps=100_000, batch_size=128, log_every=100, checkpoint_every=5000)
         c.pretrain.optim = _optim(1e-4, 5000, name="lars", weight_decay=1e-6)
         c.finetune.update(num_steps=100_000, batch_size=64, log_every=100, checkpoint_every=5000)

@@ -57,7 +57,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -142,8 +142,8 @@ def resolve_any(root: Union[str, os.PathLike], alternatives: Sequence[str]) -> P
 def load_json(path: Union[str, os.PathLike]) -> Any:
     """Parsed json; CorruptFileError naming the file on bad syntax/encoding."""
     try:
-        with open(path, "rb") as fh:
-            return json.loads(fh.read().decode("utf-8"))
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptFileError(path, f"not valid json ({err})") from None
 
@@ -166,21 +166,29 @@ _NUMPY_GLOBALS = {
 _BUILTIN_GLOBALS = {"set": set, "frozenset": frozenset}
 
 
+def _numpy_core_module(name: str):
+    """numpy's ``_core.<name>`` (numpy >= 2) or ``core.<name>`` (numpy 1.x)."""
+    import importlib
+
+    try:
+        return importlib.import_module("numpy._core." + name)
+    except ImportError:
+        return importlib.import_module("numpy.core." + name)
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def __init__(self, fh, path: str):
         super().__init__(fh, encoding="latin1")
         self._path = path
 
     def find_class(self, module: str, name: str):
-        import importlib
-
         if module in ("builtins", "__builtin__") and name in _BUILTIN_GLOBALS:
             return _BUILTIN_GLOBALS[name]
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         for prefix in ("numpy.core.", "numpy._core."):
             if module.startswith(prefix) and (module[len(prefix):], name) in _NUMPY_GLOBALS:
-                return getattr(importlib.import_module("numpy._core." + module[len(prefix):]), name)
+                return getattr(_numpy_core_module(module[len(prefix):]), name)
         raise RestrictedPickleError(
             self._path, f"pickle refers to global {module}.{name}, which is not allowed (only numpy array "
                         f"reconstruction globals and builtins set/frozenset are loaded from dataset pickles)")

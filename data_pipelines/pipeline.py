@@ -49,6 +49,11 @@ aug_flip        L bool            mirrored
 aug_color       L + (4,) f32      brightness, contrast, saturation factors, hue (rad)
 in_window       (B, F) bool       window mode only: True for anchor and positives
 ==============  ================  ==========================================================
+
+Real datasets (FreiHAND, HO3D, ...) add their own numeric features (e.g. ``eval_index``,
+``bbox``) and ``has_*`` flags (``has_joints3d``, ``has_vertices``, ``has_mano``,
+``has_transl``, ``has_mask``, ...: False where a label is absent and zero-filled), see
+:class:`FrameSource`; the synthetic dataset has every label and no flags.
 """
 from __future__ import annotations
 
@@ -66,17 +71,28 @@ from data_pipelines.samplers import SequenceIndex
 from data_pipelines.transforms import TRAIN_AUGMENT, AugmentConfig, AugmentParams, transform_frame
 
 MODES = ("frame", "window", "sparse_pair")
-IMAGE_FEATURES = ("image", "mask", "part_seg")
 __all__ = ["MODES", "TRAIN_AUGMENT", "FrameSource", "SequenceIndex", "make_dataset", "make_pipeline",
            "open_source"]
 
 
 # ----------------------------------------------------------------------------- source
 def decode_png(data: bytes, channels: int) -> np.ndarray:
-    """PNG bytes -> (H, W, 3) uint8 for channels=3, (H, W) uint8 for channels=1 (PIL)."""
+    """PNG (or JPEG) bytes -> (H, W, 3) uint8 for channels=3, (H, W) uint8 for channels=1 (PIL)."""
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGB" if channels == 3 else "L")
         return np.asarray(img)
+
+
+# Labels a dataset may lack: zero defaults with the shapes of the batch format, and the
+# has_* flag set to False in every frame when the dataset has no such feature.
+LABEL_DEFAULTS = {
+    "joints2d": ((21, 2), np.float32, "has_joints2d"),
+    "joints3d": ((21, 3), np.float32, "has_joints3d"),
+    "vertices": ((778, 3), np.float32, "has_vertices"),
+    "mano_pose": ((48,), np.float32, "has_mano"),
+    "betas": ((10,), np.float32, "has_mano"),
+    "transl": ((3,), np.float32, "has_transl"),
+}
 
 
 class FrameSource:
@@ -84,13 +100,24 @@ class FrameSource:
 
     ``source[r]`` -> dict: image (H, W, 3) uint8, mask (H, W) bool, part_seg (H, W) uint8,
     the float32 label arrays as stored, is_right / annotated np.bool_, sequence_id /
-    frame_index / record np.int64. PNGs are decoded here with PIL. The tfds data source is
-    opened lazily, so the object pickles cheaply into grain worker processes.
+    frame_index / record np.int64, plus the dataset's other numeric features (e.g.
+    ``has_*`` flags, ``eval_index``). Images (PNG or JPEG) are decoded here with PIL; text
+    features are left out. The tfds data source is opened lazily, so the object pickles
+    cheaply into grain worker processes.
+
+    Datasets without some of the synthetic dataset's fields (real datasets) get them filled
+    generically, so every transform and recipe sees one format: a missing ``mask`` /
+    ``part_seg`` becomes all zeros with ``has_mask`` / ``has_part_seg`` False; missing labels
+    of :data:`LABEL_DEFAULTS` become zeros with their ``has_*`` flag False; a missing
+    ``is_right`` / ``annotated`` is True; a missing ``sequence_id`` / ``frame_index`` comes
+    from ``index``. Frames whose ``mano_pose_relative`` is True (FreiHAND: fingers relative
+    to MANO's mean pose) get ``hand_mean`` (45,) added to ``mano_pose[3:]`` (then
+    ``mano_pose_relative`` becomes False) or, without ``hand_mean``, ``has_mano`` False.
     ``index`` is read from the dataset metadata (``metadata['index'][split]``) when present,
     otherwise built by reading every record once.
     """
 
-    def __init__(self, builder_dir: str | os.PathLike, split: str = "train"):
+    def __init__(self, builder_dir: str | os.PathLike, split: str = "train", hand_mean: Optional[np.ndarray] = None):
         self.builder_dir = os.fspath(builder_dir)
         self.split = split
         if not os.path.isfile(os.path.join(self.builder_dir, "dataset_info.json")):
@@ -102,12 +129,28 @@ class FrameSource:
                              f"{sorted(info.splits)}")
         self._length = info.splits[split].num_examples
         self._source = None
+        self._features = self._feature_kinds(info.features)
+        self.hand_mean = None if hand_mean is None else np.asarray(hand_mean, np.float32).reshape(45)
         meta = info.metadata or {}
         layout = meta.get("index", {}).get(split) if hasattr(meta, "get") else None
         self.index = SequenceIndex.from_metadata(layout) if layout else self._scan_index()
         if len(self.index) != self._length:
             raise ValueError(f"FrameSource: metadata index of {split!r} has {len(self.index)} records, "
                              f"the split has {self._length}")
+
+    @staticmethod
+    def _feature_kinds(features) -> Dict[str, str]:
+        """feature name -> 'image' | 'text' | 'tensor'."""
+        import tensorflow_datasets as tfds
+        kinds = {}
+        for name, feature in features.items():
+            if isinstance(feature, tfds.features.Image):
+                kinds[name] = "image"
+            elif isinstance(feature, tfds.features.Text):
+                kinds[name] = "text"
+            else:
+                kinds[name] = "tensor"
+        return kinds
 
     def _builder(self):
         import tensorflow_datasets as tfds
@@ -116,14 +159,18 @@ class FrameSource:
     def _data_source(self):
         if self._source is None:
             import tensorflow_datasets as tfds
-            skip = {k: tfds.decode.SkipDecoding() for k in IMAGE_FEATURES}
+            skip = {k: tfds.decode.SkipDecoding() for k, kind in self._features.items() if kind == "image"}
             self._source = self._builder().as_data_source(split=self.split, decoders=skip)
         return self._source
 
     def _scan_index(self) -> SequenceIndex:
         keys = ("sequence_id", "frame_index", "annotated")
         rows = [self._data_source()[r] for r in range(self._length)]
-        return SequenceIndex.from_arrays(*([row[k] for row in rows] for k in keys))
+        n = len(rows)
+        columns = [[row[k] for row in rows] if k in self._features else None for k in keys]
+        if columns[0] is None:  # no sequences: every record is its own one-frame sequence
+            columns[0], columns[1] = list(range(n)), [0] * n
+        return SequenceIndex.from_arrays(*columns)
 
     def __len__(self) -> int:
         return self._length
@@ -133,16 +180,41 @@ class FrameSource:
         if not 0 <= record < self._length:
             raise IndexError(f"FrameSource: record {record} out of range [0, {self._length})")
         raw = self._data_source()[record]
-        frame = {k: np.asarray(v) for k, v in raw.items() if k not in IMAGE_FEATURES}
+        kinds = self._features
+        frame = {k: np.asarray(v) for k, v in raw.items() if kinds.get(k, "tensor") == "tensor"}
         frame["image"] = decode_png(raw["image"], 3)
-        frame["mask"] = decode_png(raw["mask"], 1) > 127
-        frame["part_seg"] = decode_png(raw["part_seg"], 1)
+        self._fill_defaults(frame, raw, record)
+        frame["mask"] = decode_png(raw["mask"], 1) > 127 if "mask" in raw else frame["mask"]
+        frame["part_seg"] = decode_png(raw["part_seg"], 1) if "part_seg" in raw else frame["part_seg"]
         for key in ("is_right", "annotated"):
-            frame[key] = np.bool_(raw[key])
+            frame[key] = np.bool_(frame[key])
         for key in ("sequence_id", "frame_index"):
-            frame[key] = np.int64(raw[key])
+            frame[key] = np.int64(frame[key])
         frame["record"] = np.int64(record)
         return frame
+
+    def _fill_defaults(self, frame: Dict[str, np.ndarray], raw, record: int) -> None:
+        """Generic defaults for fields this dataset lacks (see class docstring)."""
+        h, w = frame["image"].shape[:2]
+        for key, flag in (("mask", "has_mask"), ("part_seg", "has_part_seg")):
+            if key not in raw:
+                frame[key] = np.zeros((h, w), bool if key == "mask" else np.uint8)
+                frame.setdefault(flag, np.bool_(False))
+        for key, (shape, dtype, flag) in LABEL_DEFAULTS.items():
+            if key not in raw:
+                frame[key] = np.zeros(shape, dtype)
+                frame[flag] = np.bool_(False)
+        frame.setdefault("is_right", np.bool_(True))
+        frame.setdefault("annotated", np.bool_(True))
+        frame.setdefault("sequence_id", self.index.sequence_id[record])
+        frame.setdefault("frame_index", self.index.frame_index[record])
+        if bool(frame.get("mano_pose_relative", False)):
+            if self.hand_mean is not None:
+                pose = np.array(frame["mano_pose"], np.float32)
+                pose[3:] += self.hand_mean
+                frame["mano_pose"], frame["mano_pose_relative"] = pose, np.bool_(False)
+            else:
+                frame["has_mano"] = np.bool_(False)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -150,10 +222,11 @@ class FrameSource:
         return state
 
 
-def open_source(source: Any, split: str = "train"):
-    """A path (builder directory) -> :class:`FrameSource`; sources with ``index`` pass through."""
+def open_source(source: Any, split: str = "train", hand_mean: Optional[np.ndarray] = None):
+    """A path (builder directory) -> :class:`FrameSource` (with ``hand_mean``, see there);
+    sources with ``index`` pass through."""
     if isinstance(source, (str, os.PathLike)):
-        return FrameSource(source, split)
+        return FrameSource(source, split, hand_mean)
     if not (hasattr(source, "__getitem__") and hasattr(source, "__len__") and hasattr(source, "index")):
         raise TypeError(f"source must be a builder directory or have __len__, __getitem__ and index, "
                         f"got {type(source).__name__}")

@@ -35,7 +35,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 NUM_PARTS = 16
 FLIP_MODES = ("none", "left_to_right", "random")
-CROP_SOURCES = ("joints2d", "mask")
+CROP_SOURCES = ("joints2d", "mask", "bbox", "image")
 _MIRROR = np.diag([-1.0, 1.0, 1.0])
 
 
@@ -56,8 +56,11 @@ class AugmentConfig:
     'left_to_right' (mirror every left hand into a right one) or 'random' (p = 0.5);
     brightness / contrast / saturation: factors U(1 - v, 1 + v); hue: rotation of the
     chroma plane (YIQ) by U(-hue, hue) * 360 degrees; bbox_pad: crop side = bbox_pad *
-    the longer side of the hand box; crop_from: 'joints2d' or 'mask' box (falls back to the
-    joints for an empty mask); per_frame: in window / pair modes draw independent
+    the longer side of the hand box; crop_from: the box is that of 'joints2d', of the
+    'mask' (falls back to the joints for an empty mask), the frame's 'bbox' feature
+    (x1, y1, x2, y2 pixels, e.g. HO3D's handBoundingBox; falls back to the joints when
+    ``has_bbox`` is False) or the whole 'image' (e.g. FreiHAND's evaluation: the 224 image
+    resized to the output); per_frame: in window / pair modes draw independent
     parameters for every frame instead of one set per sample ("fixed per sequence").
     """
 
@@ -150,6 +153,18 @@ def hand_box(joints2d: np.ndarray, mask: Optional[np.ndarray], source: str) -> T
     pts = np.asarray(joints2d, np.float64)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     return (lo + hi) / 2.0, float(max(max(hi - lo), 1.0))
+
+
+def crop_box(frame: Mapping[str, np.ndarray], source: str) -> Tuple[np.ndarray, float]:
+    """(centre (2,), longer side) in pixels of the box a crop is built around (see
+    ``AugmentConfig.crop_from``). The image box spans [-0.5, W - 0.5] x [-0.5, H - 0.5]."""
+    if source == "image":
+        h, w = np.asarray(frame["image"]).shape[:2]
+        return np.array([(w - 1) / 2.0, (h - 1) / 2.0]), float(max(h, w))
+    if source == "bbox" and "bbox" in frame and bool(frame.get("has_bbox", True)):
+        x1, y1, x2, y2 = (float(v) for v in np.asarray(frame["bbox"], np.float64).reshape(4))
+        return np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0]), float(max(x2 - x1, y2 - y1, 1.0))
+    return hand_box(frame["joints2d"], frame.get("mask"), "mask" if source == "mask" else "joints2d")
 
 
 def crop_camera(K: np.ndarray, centre: np.ndarray, side: float, out_size: int, rotation: float,
@@ -283,7 +298,7 @@ def transform_frame(frame: Mapping[str, np.ndarray], params: AugmentParams, cfg:
     :mod:`data_pipelines.pipeline`) including the aug_* parameters and ``crop_affine``.
     """
     flip = params.flips(cfg, bool(frame["is_right"]))
-    centre, side = hand_box(frame["joints2d"], frame.get("mask"), cfg.crop_from)
+    centre, side = crop_box(frame, cfg.crop_from)
     side = side * cfg.bbox_pad * params.scale
     centre = centre + params.shift * side
     r3, k_new, affine = crop_camera(frame["K"], centre, side, out_size, params.rotation, flip)

@@ -1,0 +1,52 @@
+r"""Evaluate a TempCLR checkpoint on FreiHAND's evaluation set (3,960 images, public ground truth).
+
+Prints PA-MPJPE / PA-MPVPE / F@5mm / F@15mm / AUC (``handjax.eval.protocols``) and writes the
+CodaLab ``pred.json`` (``eval.pred_json``, default ``<workdir>/pred.json``):
+
+  python -m data_pipelines.freihand.build --manual_dir /data/FreiHAND_pub_v2 --data_dir /data/tfds
+  python -m handjax.main --config configs/eval_freihand.py --workdir /tmp/eval_freihand \
+      --config.eval.checkpoint=/runs/tempclr_freihand/finetune --config.data.data_dir=/data/tfds
+
+``eval.checkpoint``: a training workdir's ``finetune`` directory or a model-only checkpoint
+(``handjax.train.checkpoint.save_model``, e.g. a converted TempCLR release). The model is
+TempCLR's FreiHAND model: ResNet-50, MLP 1024-1024, 3 stages, 256x256 input made from the
+whole 224x224 image. ``data.manual_dir`` builds the dataset first if it is not built yet.
+
+Arguments (``configs/eval_freihand.py:key=value``): size=default|tiny (tiny: ResNet-18,
+32x32 crops, MLP 64-64, for tests on fixtures).
+"""
+import importlib.util
+import os
+
+from handjax.config_utils import parse_arg
+
+
+def _tempclr_config(arg: str):
+    spec = importlib.util.spec_from_file_location("handjax_configs_tempclr",
+                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                               "tempclr.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def get_config(arg=None):
+    a = parse_arg(arg, size="default")
+    if a.size not in ("default", "tiny"):
+        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    c = _tempclr_config("recipe=freihand")
+    c.stages = "eval"
+    c.data.builder_config = "default"
+    c.data.manual_dir = ""  # raw download: built into data_dir if the dataset is not built yet
+    c.data.mano_model = ""  # MANO_RIGHT.pkl: absolute FreiHAND poses for training (not needed to evaluate)
+    c.data.eval_crop = dict(crop_from="image", bbox_pad=1.0)  # TempCLR: whole 224 image -> 256
+    c.model.depth = 50
+    c.model.hidden = (1024, 1024)
+    c.eval = dict(split="evaluation", batch_size=32, checkpoint="", protocol="freihand", pred_json="")
+    if a.size == "tiny":
+        c.model.depth = 18
+        c.model.hidden = (64, 64)
+        c.model.projection = (64, 32)
+        c.data.image_size = 32
+        c.eval.batch_size = 8
+    return c

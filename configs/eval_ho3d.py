@@ -1,0 +1,55 @@
+r"""Evaluate a TempCLR checkpoint on HO-3D's evaluation split (v2 or v3) and write the CodaLab pred.json.
+
+With the released evaluation ground truth in the meta files it also prints PA-MPJPE /
+PA-MPVPE / F@5mm / F@15mm / AUC (``handjax.eval.protocols``; vertex metrics need a dataset
+built with ``--mano_model``); without it the metrics are n/a and only ``pred.json`` is
+written (``eval.pred_json``, default ``<workdir>/pred.json``: HO3D joint order, OpenGL axes,
+the order of ``evaluation.txt``):
+
+  python -m data_pipelines.ho3d.build --manual_dir /data/HO3D_v2 --data_dir /data/tfds --config v2
+  python -m handjax.main --config configs/eval_ho3d.py:version=v2 --workdir /tmp/eval_ho3d \
+      --config.eval.checkpoint=/runs/tempclr_ho3d/finetune --config.data.data_dir=/data/tfds
+
+``eval.checkpoint``: a training workdir's ``finetune`` directory or a model-only checkpoint
+(``handjax.train.checkpoint.save_model``). The model is TempCLR's HO3D model: ResNet-18,
+MLP 1024-1024, 3 stages, 256x256 crops of side 2 x the longer side of ``handBoundingBox``.
+
+Arguments (``configs/eval_ho3d.py:key=value,...``): version=v2|v3; size=default|tiny (tiny:
+32x32 crops, MLP 64-64, for tests on fixtures).
+"""
+import importlib.util
+import os
+
+from handjax.config_utils import parse_arg
+
+
+def _tempclr_config(arg: str):
+    spec = importlib.util.spec_from_file_location("handjax_configs_tempclr",
+                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                               "tempclr.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def get_config(arg=None):
+    a = parse_arg(arg, version="v2", size="default")
+    if a.version not in ("v2", "v3"):
+        raise ValueError(f"config argument 'version' must be v2 or v3, got {a.version!r}")
+    if a.size not in ("default", "tiny"):
+        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    c = _tempclr_config("recipe=ho3d")
+    c.stages = "eval"
+    c.data.builder_config = a.version
+    c.data.manual_dir = ""  # raw download: built into data_dir if the dataset is not built yet
+    c.data.mano_model = ""  # MANO_RIGHT.pkl used when building: stores GT vertices for PA-MPVPE / F-scores
+    c.data.eval_crop = dict(crop_from="bbox", bbox_pad=2.0)  # TempCLR: square of 2 x max(w, h) of the box
+    c.model.depth = 18
+    c.model.hidden = (1024, 1024)
+    c.eval = dict(split="evaluation", batch_size=32, checkpoint="", protocol="ho3d", pred_json="")
+    if a.size == "tiny":
+        c.model.hidden = (64, 64)
+        c.model.projection = (64, 32)
+        c.data.image_size = 32
+        c.eval.batch_size = 8
+    return c

@@ -1,0 +1,56 @@
+"""Build the FreiHAND tfds dataset from the manual download (no TensorFlow needed).
+
+    python -m data_pipelines.freihand.build --manual_dir RAW --data_dir OUT [--config default|gs]
+        [--skip_corrupt] [--overwrite]
+
+RAW is the folder holding the unzipped FreiHAND_pub_v2 + FreiHAND_pub_v2_eval downloads
+(see ``MANUAL_DOWNLOAD_INSTRUCTIONS``). The data dir defaults to ``$TFDS_DATA_DIR`` or
+``~/tensorflow_datasets``. A corrupt image/annotation stops the build naming the file
+unless ``--skip_corrupt``: then the sample is skipped and every skipped file is reported
+at the end (and listed in ``skipped_files.json`` in the builder directory). Prints the
+builder directory on the last line.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from data_pipelines import manual
+
+from .freihand_dataset_builder import BASE_CONFIGS, NAME, get_builder
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m data_pipelines.freihand.build",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manual_dir", required=True, help="folder with the unzipped FreiHAND download")
+    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
+                                                         "~/tensorflow_datasets)")
+    parser.add_argument("--config", default="default", choices=sorted(BASE_CONFIGS))
+    parser.add_argument("--skip_corrupt", action="store_true", help="skip and report samples with corrupt files")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    args = parse_args(argv)
+    builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt)
+    reused = builder.is_prepared() and not args.overwrite
+    start = time.perf_counter()
+    path = manual.prepare(builder, args.manual_dir, overwrite=args.overwrite)
+    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
+    print(f"{NAME}/{args.config} ({counts}) ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if reused:
+        print(f"{path} already built (--overwrite rebuilds it)", file=sys.stderr)
+    elif args.skip_corrupt:
+        builder.policy.write_report(os.path.join(path, "skipped_files.json"))
+        print(builder.policy.report(), file=sys.stderr)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
