@@ -2,48 +2,88 @@
 
   python -m handjax.main --config configs/tempclr.py --workdir /tmp/tempclr
   python -m handjax.main --config configs/tempclr.py:pretrain=false --config.finetune.num_steps=2000 --workdir ...
+
+Multi-process (one command per process; see ``handjax.distributed`` and ``launch/``):
+
+  python -m handjax.main --config ... --workdir gs://bucket/run \\
+      --coordinator_address=host0:12345 --num_processes=2 --process_id=0|1
+
+(or the ``HANDJAX_*`` environment variables; SLURM and Cloud TPU pods are detected without
+them). Only process 0 prints progress and writes config.json / results.json / TensorBoard
+files; checkpoints are written by all processes together.
+
+Exit codes: 0 done; 75 (``handjax.distributed.PREEMPTED_EXIT_CODE``) stopped on a
+preemption notice (SIGTERM) after writing a checkpoint: run the same command to resume.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with optional ':arg=val,...').",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, TensorBoard logs and "
+                               "results.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0's "
+                                   "coordinator (default $HANDJAX_COORDINATOR_ADDRESS).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes "
+                                      "(default $HANDJAX_NUM_PROCESSES).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's id in [0, num_processes) "
+                                   "(default $HANDJAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 SYSTEMS = {"tempclr": "handjax.train.tempclr"}
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a job-level file (local path or gs:// URL)."""
+    from etils import epath
+    epath.Path(path).write_text(text)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, tfds) out of the progress lines
-    import jax
+    from handjax import distributed
+
+    try:  # before any other JAX use
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
 
     from data_pipelines.factory import make_data_factory
+    from handjax.train.checkpoint import resolve_path
+    from handjax.train.loop import Preempted
 
     cfg = _CONFIG.value
-    workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
+    workdir = resolve_path(_WORKDIR.value)
     if cfg.system not in SYSTEMS:
         raise app.UsageError(f"config key 'system': unknown system {cfg.system!r}; known: {sorted(SYSTEMS)}")
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as fh:
-            fh.write(cfg.to_json_best_effort(indent=2))
+    main_process = distributed.is_main()
+    if main_process:
+        from etils import epath
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        _write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
         print(f"config written to {os.path.join(workdir, 'config.json')}", flush=True)
     data = make_data_factory(cfg.data, seed=cfg.seed)
-    results = importlib.import_module(SYSTEMS[cfg.system]).run(cfg, workdir, data)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as fh:
-            json.dump(results, fh, indent=2, default=float)
+    try:
+        results = importlib.import_module(SYSTEMS[cfg.system]).run(cfg, workdir, data)
+    except Preempted as e:
+        if main_process:
+            print(f"{e}; exiting with code {distributed.PREEMPTED_EXIT_CODE}", flush=True)
+        distributed.shutdown()
+        sys.exit(distributed.PREEMPTED_EXIT_CODE)
+    if main_process:
+        _write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2, default=float))
         print(f"\nTensorBoard logs: tensorboard --logdir {workdir}\n"
               f"checkpoints: {workdir}/<stage>/checkpoints\nresults: {workdir}/results.json", flush=True)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,11 +11,16 @@ the input iterator's state, automatic resume, TensorBoard and stdout logging
 
 The input is any iterator of process-local numpy batches (dicts); the loop
 never imports a dataset module.
+
+Multi-process runs (``handjax.distributed.initialize`` first): every process runs the same
+loop on its own slice of the global batch; checkpoints are written collectively. A SIGTERM
+(preemption notice) makes every process checkpoint the same step and raise
+:class:`Preempted`; ``handjax.main`` turns that into exit code
+``handjax.distributed.PREEMPTED_EXIT_CODE``, and rerunning the command resumes.
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -23,10 +28,12 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from handjax.train.checkpoint import Checkpointer, is_model_checkpoint, load_model
+from handjax.distributed import PreemptionGuard, barrier
+from handjax.train.checkpoint import Checkpointer, is_model_checkpoint, load_model, resolve_path
 from handjax.train.optim import make_optimizer
 
 
@@ -40,6 +47,15 @@ class Task:
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class Preempted(Exception):
+    """Training stopped on a preemption notice after checkpointing ``step`` into ``directory``."""
+
+    def __init__(self, name: str, step: int, directory: str):
+        super().__init__(f"[{name}] preempted: checkpoint of step {step} written to {directory}; "
+                         f"run the same command again to resume")
+        self.name, self.step, self.directory = name, step, directory
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -99,12 +115,17 @@ class _Logger:
         """TensorBoard images, plus a PNG (panels stacked vertically) under workdir/summaries."""
         if self.writer is None:
             return
+        import io
+
         from PIL import Image
-        os.makedirs(self.pngdir, exist_ok=True)
+        pngdir = epath.Path(self.pngdir)
+        pngdir.mkdir(parents=True, exist_ok=True)
         for k, v in images.items():
             v = np.asarray(v)
             self.writer.add_images(f"{self.name}/{k}", v, step, dataformats="NHWC")
-            Image.fromarray(np.concatenate(list(v), axis=0)).save(os.path.join(self.pngdir, f"{k}_{step:07d}.png"))
+            buf = io.BytesIO()
+            Image.fromarray(np.concatenate(list(v), axis=0)).save(buf, format="PNG")
+            (pngdir / f"{k}_{step:07d}.png").write_bytes(buf.getvalue())
 
     def close(self):
         if self.writer is not None:
@@ -128,8 +149,8 @@ def restore_model(model: nnx.Module, workdir: str, cfg, trainable=nnx.Param, ste
     if is_model_checkpoint(workdir):
         load_model(model, workdir)
         return -1
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
+    directory = os.path.join(resolve_path(workdir), "checkpoints")
+    if not epath.Path(directory).is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
     tx, _ = make_optimizer(cfg.optim, int(cfg.num_steps))
     _, state = init_state(model, trainable, tx)
@@ -170,31 +191,68 @@ def _train_step(graphdef, tx, loss_fn, trainable, state, batch, rng):
     return new_state, metrics
 
 
+def _host_if_local(x):
+    """A process-local jax array as numpy (PRNG keys and global arrays unchanged)."""
+    if isinstance(x, jax.Array) and x.is_fully_addressable and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.asarray(x)
+    return x
+
+
+def replicate(tree, mesh):
+    """Every leaf of ``tree`` replicated on ``mesh``.
+
+    With several processes, process-local arrays (a fresh model, or one filled by
+    ``restore_model``) go through host memory: ``device_put`` cannot move an array committed to
+    a local device onto other processes' devices. Every process must pass the same values.
+    """
+    if jax.process_count() > 1:
+        tree = jax.tree.map(_host_if_local, tree)
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def _host_copy(tree):
+    """Host numpy copy of replicated arrays (also when they span several processes)."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def _restore(ckpt: Checkpointer, state: dict, data, name: str) -> tuple:
+    """(state, start step) from the latest complete checkpoint, or (state, 0) if there is none."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        return state, 0
+    state = ckpt.restore(latest, state)
+    ckpt.restore_data(latest, data)
+    start = int(state["step"])
+    if _is_main():
+        print(f"[{name}] resumed from {ckpt.directory} at step {start}", flush=True)
+    return state, start
+
+
 def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train", mesh=None,
-          seed: int = 0) -> dict:
+          seed: int = 0, on_log: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Run ``cfg.num_steps`` steps; resume from ``workdir/checkpoints`` if present.
 
     cfg: num_steps, optim (see handjax.train.optim), log_every, checkpoint_every,
-    keep_checkpoints, summary_every. Returns the last logged metrics; the
-    trained state is written back into ``task.model``.
+    keep_checkpoints, summary_every. ``on_log(step, metrics)`` is called on every process
+    at each logged step with the full-precision metrics (host floats). Returns the last
+    logged metrics; the trained state is written back into ``task.model``.
+
+    ``workdir`` may be a local path or a URL Orbax/TensorBoard understand (gs://...).
+    Raises :class:`Preempted` after checkpointing the current step when a preemption
+    notice (SIGTERM) arrives; :class:`NonFiniteLossError` on a non-finite loss/gradient.
     """
     mesh = mesh or make_mesh()
+    workdir = resolve_path(workdir)
     num_steps = int(cfg.num_steps)
     tx, schedule = make_optimizer(cfg.optim, num_steps)
     model = task.model
     model.train()
     graphdef, state = init_state(model, task.trainable, tx)
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
+    state = replicate(state, mesh)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(cfg.get("keep_checkpoints", 3)))
-    start = 0
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, state, data)
-        start = int(state["step"])
-        if _is_main():
-            print(f"[{name}] resumed from {ckpt.directory} at step {start}", flush=True)
+    state, start = _restore(ckpt, state, data, name)
 
     def step_fn(state, batch, rng):
         return _train_step(graphdef, tx, task.loss_fn, task.trainable, state, batch, rng)
@@ -206,35 +264,49 @@ def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train",
     summary_every = int(cfg.get("summary_every", 0))
     base_rng = jax.random.key(seed)
     last_metrics: dict = {}
-    last_good = latest
+    last_good = start if start else None
+    preempted_at = None
     try:
-        for step in range(start, num_steps):
-            local = next(data)
-            batch = global_batch(local, mesh)
-            state, metrics = step_jit(state, batch, jax.random.fold_in(base_rng, step))
-            done = step + 1
-            is_log = done % log_every == 0 or done == num_steps
-            is_ckpt = done % ckpt_every == 0 or done == num_steps
-            if is_log or is_ckpt:
-                if int(state["nonfinite"]) > 0:
-                    raise NonFiniteLossError(
-                        f"[{name}] non-finite loss or gradient before step {done}; stopping. Updates on those "
-                        f"steps were skipped; the last good checkpoint is step {last_good} in {ckpt.directory}")
-                last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                last_metrics["lr"] = float(schedule(step))
-                if is_log:
-                    logger.scalars(done, last_metrics)
-                if is_ckpt:
-                    ckpt.save(done, state, data)
-                    last_good = done
-            if summary_every and task.summary_fn is not None and done % summary_every == 0 and _is_main():
-                nnx.update(model, state["params"], state["rest"])
-                model.eval()
-                logger.images(done, task.summary_fn(model, local))
-                model.train()
+        with PreemptionGuard() as guard:
+            for step in range(start, num_steps):
+                local = next(data)
+                batch = global_batch(local, mesh)
+                state, metrics = step_jit(state, batch, jax.random.fold_in(base_rng, step))
+                done = step + 1
+                stop = guard.should_stop()
+                is_log = done % log_every == 0 or done == num_steps
+                is_ckpt = done % ckpt_every == 0 or done == num_steps or stop
+                if is_log or is_ckpt:
+                    if int(state["nonfinite"]) > 0:
+                        raise NonFiniteLossError(
+                            f"[{name}] non-finite loss or gradient before step {done}; stopping. Updates on those "
+                            f"steps were skipped; the last good checkpoint is step {last_good} in {ckpt.directory}")
+                    last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    last_metrics["lr"] = float(schedule(step))
+                    if is_log:
+                        logger.scalars(done, last_metrics)
+                        if on_log is not None:
+                            on_log(done, dict(last_metrics))
+                    if is_ckpt:
+                        ckpt.save(done, state, data)
+                        last_good = done
+                if summary_every and task.summary_fn is not None and done % summary_every == 0 and _is_main():
+                    nnx.update(model, _host_copy(state["params"]), _host_copy(state["rest"]))
+                    model.eval()
+                    logger.images(done, task.summary_fn(model, local))
+                    model.train()
+                if stop:
+                    preempted_at = done
+                    break
     finally:
-        ckpt.close()
+        ckpt.close()  # waits for the last (async) checkpoint write
         logger.close()
         # Write the latest state back (also when stopping on a non-finite loss: skipped updates keep it good).
         nnx.update(model, state["params"], state["rest"])
+    if preempted_at is not None:
+        barrier(f"handjax-preempted:{name}")  # nobody exits before every part of the checkpoint is final
+        if _is_main():
+            print(f"[{name}] preemption notice (SIGTERM): checkpoint of step {preempted_at} written to "
+                  f"{ckpt.directory}; stopping. Run the same command again to resume.", flush=True)
+        raise Preempted(name, preempted_at, ckpt.directory)
     return last_metrics
