@@ -243,12 +243,15 @@ def test_main_two_processes_end_to_end(tmp_path):
     work = tmp_path / "work"
     rc, out, err = _run_launcher(
         [sys.executable, "-m", "handjax.main", "--config", "configs/tempclr.py:size=tiny", "--workdir", str(work),
-         f"--config.data.data_dir={tmp_path / 'data'}", "--config.stages=finetune",
+         f"--config.data.data_dir={tmp_path / 'data'}", "--config.stages=finetune,eval",
          "--config.finetune.num_steps=2", "--config.finetune.summary_every=2"], timeout=900)
     assert rc == 0, out[-2000:] + err[-4000:]
     # process 0 alone prints progress and writes job-level files
     assert out.count("[finetune] step 2/2") == 1 and out.count("config written to") == 1
-    assert (work / "config.json").is_file() and "finetune" in json.loads((work / "results.json").read_text())
+    results = json.loads((work / "results.json").read_text())
+    assert (work / "config.json").is_file() and "finetune" in results
+    # evaluation covers both processes' shards: the tiny test split has 4 sequences x 4 frames
+    assert out.count("mean pose (x0)") == 1 and all(r["num_joints"] == 16 for r in results["eval"].values())
     assert len(glob.glob(str(work / "finetune" / "tb" / "events*"))) == 1
     assert os.listdir(work / "finetune" / "summaries") == ["reprojection_0000002.png"]
     # the checkpoint holds both processes' grain iterator states (ShardByJaxProcess shards)

@@ -16,6 +16,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from handjax import mano
@@ -25,7 +26,7 @@ from handjax.losses import (keypoint_l1, nt_xent, param_mse, root_relative, undo
                             weighted_sum, window_pairs)
 from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
 from handjax.train.checkpoint import is_model_checkpoint
-from handjax.train.loop import Task, global_batch, make_mesh, restore_model, train
+from handjax.train.loop import Task, global_batch, make_mesh, replicate, restore_model, train
 
 MODEL_CONVENTION = "tempclr"
 
@@ -126,20 +127,32 @@ def evaluate(model, predict, data_iter, mesh, predictions=None) -> dict:
     model.eval()
     graphdef, state = nnx.split(model)
     # replicate on the mesh: a restored model-only checkpoint lives on one device, the images are sharded
-    state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    state = replicate(state, mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=replicated)
     def step(state, images):
         return predict(nnx.merge(graphdef, state), images)
 
     acc = protocols.HandEvaluator()
     for local in data_iter:
         images = global_batch({"image": local["image"]}, mesh)["image"]
-        joints, verts = jax.device_get(step(state, images))
-        acc.add_batch(joints, verts, local)
+        joints, verts = jax.device_get(step(state, images))  # the whole global batch, on every process
+        labels = _gather_labels(local)
+        acc.add_batch(joints, verts, labels)
         if predictions is not None:
-            predictions.add_batch(joints, verts, local)
+            predictions.add_batch(joints, verts, labels)
     return acc.result()
+
+
+def _gather_labels(local: dict) -> dict:
+    """Process-local labels -> the global batch's, in the order global_batch lays samples out."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    arrays = {k: np.asarray(v) for k, v in local.items() if np.asarray(v).dtype.kind in "biuf"}
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(arrays, tiled=True))
 
 
 def mean_pose_metrics(mano_model, remap, data_iter) -> dict:
@@ -148,8 +161,9 @@ def mean_pose_metrics(mano_model, remap, data_iter) -> dict:
     joints, verts = np.asarray(out["joints"][:, jnp.array(remap)]), np.asarray(out["vertices"])
     acc = protocols.HandEvaluator()
     for local in data_iter:
-        n = len(local["joints3d"])
-        acc.add_batch(np.repeat(joints, n, 0), np.repeat(verts, n, 0), local)
+        labels = _gather_labels(local)
+        n = len(labels["joints3d"])
+        acc.add_batch(np.repeat(joints, n, 0), np.repeat(verts, n, 0), labels)
     return acc.result()
 
 
@@ -212,7 +226,7 @@ def run(cfg, workdir: str, data) -> dict:
         if jax.process_index() == 0:
             print(protocols.format_metrics(results["eval"]) if benchmark else format_table(results["eval"]),
                   flush=True)
-            with open(os.path.join(workdir, "eval_metrics.json"), "w") as fh:
+            with epath.Path(workdir, "eval_metrics.json").open("w") as fh:
                 json.dump(results["eval"], fh, indent=2)
             if benchmark:
                 results["pred_json"] = _write_pred_json(benchmark, collector, e.get("pred_json", "") or
