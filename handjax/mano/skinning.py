@@ -75,11 +75,15 @@ def skin(weights: jnp.ndarray, transforms: jnp.ndarray, verts: jnp.ndarray) -> j
     """Blend the per-joint transforms with skinning weights and apply them.
 
     weights (V, 16); transforms (..., 16, 3, 4) (or 4x4); verts (..., V, 3) -> (..., V, 3).
+    The blended 3x4 transform is applied with explicit multiply-adds per output
+    coordinate: on XLA-CPU a (B*V)-batched 3x3 dot, or a sum over a broadcast
+    product, is several times slower.
     """
-    flat = transforms[..., :3, :].reshape(transforms.shape[:-2] + (12,))  # (..., 16, 12)
-    blended = jnp.matmul(weights, flat).reshape(flat.shape[:-2] + (weights.shape[0], 3, 4))  # (..., V, 3, 4)
-    # Elementwise multiply-add, not an einsum: a (B*V)-batched 3x3 dot is very slow on CPU.
-    return jnp.sum(blended[..., :3] * verts[..., None, :], axis=-1) + blended[..., 3]
+    flat = transforms[..., :3, :].reshape(transforms.shape[:-2] + (12,))  # (..., 16, 12), row-major 3x4
+    b = jnp.matmul(weights, flat)  # (..., V, 12)
+    x, y, z = verts[..., 0], verts[..., 1], verts[..., 2]
+    rows = [b[..., 4 * r] * x + b[..., 4 * r + 1] * y + b[..., 4 * r + 2] * z + b[..., 4 * r + 3] for r in range(3)]
+    return jnp.stack(rows, axis=-1)
 
 
 def joints_from_betas(model: ManoModel, betas: jnp.ndarray) -> jnp.ndarray:
