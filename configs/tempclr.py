@@ -38,12 +38,13 @@ def get_config(arg=None):
                   augment=dict(scale=0.2, rotation=30.0, shift=0.1, flip="left_to_right", brightness=0.4,
                                contrast=0.4, saturation=0.4, hue=0.05))
     c.model = dict(depth=18, num_stages=3, hidden=(1024, 1024), projection=(512, 128), bf16=False)
-    common = dict(log_every=50, checkpoint_every=250, keep_checkpoints=2, summary_every=0)
-    c.pretrain = dict(num_steps=400, batch_size=32, temperature=0.5, equivariance=False,
+    common = dict(log_every=25, checkpoint_every=100, keep_checkpoints=2, summary_every=0)
+    # Sized for ~15 minutes on 2 CPU cores including data generation (a pretrain step sees 2 x batch_size crops).
+    c.pretrain = dict(num_steps=150, batch_size=16, temperature=0.5, equivariance=False,
                       optim=_optim(1e-3, 20, weight_decay=1e-6, name="adamw"), **common)
-    c.finetune = dict(num_steps=700, batch_size=32, init_from="",
+    c.finetune = dict(num_steps=250, batch_size=32, init_from="",
                       loss_weights=dict(joints2d=1.0, joints3d=10.0, vertices=10.0, pose=1.0, betas=0.01),
-                      optim=_optim(1e-3, 20), **dict(common, summary_every=350))
+                      optim=_optim(1e-3, 20), **dict(common, summary_every=125))
     c.eval = dict(split="test", batch_size=64, checkpoint="")  # real datasets: "evaluation"
 
     if a.recipe != "default":  # paper scale (real datasets, GPU/TPU)

@@ -46,6 +46,16 @@ def _write_text(path: str, text: str) -> None:
     epath.Path(path).write_text(text)
 
 
+def _enable_compilation_cache():
+    """Reuse compiled train steps across runs and stages (HANDJAX_COMPILATION_CACHE=off disables it)."""
+    import jax
+
+    path = os.environ.get("HANDJAX_COMPILATION_CACHE", os.path.expanduser("~/.cache/handjax/jax"))
+    if path.lower() != "off":
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -56,6 +66,8 @@ def main(argv):
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+
+    _enable_compilation_cache()
 
     from data_pipelines.factory import make_data_factory
     from handjax.train.checkpoint import resolve_path
