@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from handjax import mano
@@ -33,10 +34,16 @@ class Buffer(nnx.Variable):
     """Non-trainable state saved with the model (e.g. the regressor's x0)."""
 
 
-def default_mean_param() -> jnp.ndarray:
-    """TempCLR's construction-time x0: identity rotations, zero betas, camera [0.378, 0, 0]."""
-    return jnp.concatenate([jnp.tile(jnp.array(IDENTITY_6D), 16), jnp.zeros(10),
-                            jnp.array([CAMERA_MEAN_SCALE_RAW, 0.0, 0.0])])
+def default_mean_param(camera_scale: float = 0.9) -> jnp.ndarray:
+    """x0: identity rotations, zero betas, camera [softplus^-1(camera_scale), 0, 0].
+
+    0.9 is TempCLR's construction-time value (a released checkpoint's
+    ``regressor.mean_param`` replaces it). For training from scratch the
+    scale should roughly map a hand in metres onto the [-1, 1] crop, i.e.
+    2 / (crop side in metres): about 8 for a crop 1.5x a 19 cm hand.
+    """
+    raw = float(camera_scale + np.log(-np.expm1(-camera_scale)))  # softplus^-1, in numpy (works under tracing)
+    return jnp.concatenate([jnp.tile(jnp.array(IDENTITY_6D), 16), jnp.zeros(10), jnp.array([raw, 0.0, 0.0])])
 
 
 def split_params(x: jnp.ndarray) -> dict:
@@ -48,12 +55,12 @@ class IterativeRegressor(nnx.Module):
     """x_{k+1} = x_k + MLP(concat[feat, x_k]), one MLP shared by all stages, x_0 = mean_param."""
 
     def __init__(self, feat_dim: int, *, rngs: nnx.Rngs, hidden: Sequence[int] = (1024, 1024),
-                 num_stages: int = 3, dtype=jnp.float32):
+                 num_stages: int = 3, dtype=jnp.float32, camera_scale: float = 0.9):
         dims = [feat_dim + NUM_PARAMS, *hidden]
         self.layers = nnx.List([nnx.Linear(i, o, rngs=rngs, dtype=dtype) for i, o in zip(dims[:-1], dims[1:])])
         self.output_layer = nnx.Linear(dims[-1], NUM_PARAMS, rngs=rngs, dtype=dtype,
                                        kernel_init=nnx.initializers.variance_scaling(0.01 ** 2, "fan_avg", "uniform"))
-        self.mean_param = Buffer(default_mean_param())
+        self.mean_param = Buffer(default_mean_param(camera_scale))
         self.num_stages = num_stages
 
     def mlp(self, x):
@@ -87,10 +94,11 @@ class TempCLRModel(nnx.Module):
 
     def __init__(self, *, depth: int = 50, rngs: nnx.Rngs, num_stages: int = 3,
                  hidden: Sequence[int] = (1024, 1024), projection: Optional[Sequence[int]] = None,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, camera_scale: float = 0.9):
         self.backbone = ResNet(depth, rngs=rngs, dtype=dtype)
         feat = self.backbone.num_features
-        self.regressor = IterativeRegressor(feat, rngs=rngs, hidden=hidden, num_stages=num_stages, dtype=dtype)
+        self.regressor = IterativeRegressor(feat, rngs=rngs, hidden=hidden, num_stages=num_stages, dtype=dtype,
+                                            camera_scale=camera_scale)
         self.projection_head = (ProjectionHead(feat, projection[0], projection[1], rngs=rngs)
                                 if projection else None)
 

@@ -35,7 +35,8 @@ def build_model(cfg, with_projection: bool, seed: int = 0) -> TempCLRModel:
     m = cfg.model
     return TempCLRModel(depth=int(m.depth), rngs=nnx.Rngs(seed), num_stages=int(m.num_stages),
                         hidden=tuple(m.hidden), projection=tuple(m.projection) if with_projection else None,
-                        dtype=jnp.bfloat16 if m.get("bf16", False) else jnp.float32)
+                        dtype=jnp.bfloat16 if m.get("bf16", False) else jnp.float32,
+                        camera_scale=float(m.get("camera_scale", 0.9)))
 
 
 def pretrain_loss(model, batch, rng, *, temperature: float, equivariance: bool):
