@@ -364,3 +364,28 @@ def prepare(builder, manual_dir: Union[str, os.PathLike], *, overwrite: bool = F
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(Path(manual_dir).expanduser()))
         builder.download_and_prepare(download_config=config)
     return os.fspath(builder.data_path)
+
+
+def build_and_report(builder, manual_dir: Union[str, os.PathLike], *, overwrite: bool = False,
+                     skip_corrupt: bool = False) -> str:
+    """What every ``python -m data_pipelines.<name>.build`` does: build (or reuse), then report.
+
+    Prints the split sizes and build time to stderr, the skipped-file report (also written to
+    ``<builder dir>/skipped_files.json``) when ``skip_corrupt``, and the builder directory to stdout.
+    """
+    import sys
+    import time
+
+    reused = builder.is_prepared() and not overwrite
+    start = time.perf_counter()
+    path = prepare(builder, manual_dir, overwrite=overwrite)
+    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
+    print(f"{builder.name}/{builder.builder_config.name} ({counts}) ready in {time.perf_counter() - start:.1f} s",
+          file=sys.stderr)
+    if reused:
+        print(f"{path} already built (--overwrite rebuilds it)", file=sys.stderr)
+    elif skip_corrupt:
+        builder.policy.write_report(os.path.join(path, "skipped_files.json"))
+        print(builder.policy.report(), file=sys.stderr)
+    print(path)
+    return path

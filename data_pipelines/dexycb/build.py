@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Optional, Sequence
 
-from data_pipelines.manual import CorruptFileError, ManualDirError, prepare
+from data_pipelines import manual
+from data_pipelines.manual import CorruptFileError, ManualDirError
 
 from . import layout
 from .dexycb_dataset_builder import BASE_CONFIGS, NAME, get_builder
@@ -41,14 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     serials = [s for s in args.serials.split(",") if s] if args.serials else None
     builder = get_builder(args.config, args.data_dir, sequences_per_subject=args.sequences_per_subject,
                           serials=serials, skip_corrupt=args.skip_corrupt)
-    start = time.perf_counter()
-    path = prepare(builder, args.manual_dir, overwrite=args.overwrite)
-    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
-    print(f"{NAME}/{builder.builder_config.name} ({counts}) ready in {time.perf_counter() - start:.1f} s",
-          file=sys.stderr)
-    print(builder.policy.report(), file=sys.stderr)
-    print(path)
-    return path
+    return manual.build_and_report(builder, args.manual_dir, overwrite=args.overwrite,
+                                   skip_corrupt=args.skip_corrupt)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Optional, Sequence
 
-from data_pipelines.manual import CorruptFileError, ManualDirError, prepare
+from data_pipelines import manual
+from data_pipelines.manual import CorruptFileError, ManualDirError
 
 from .fphab_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
 
@@ -36,13 +36,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
     builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt)
-    start = time.perf_counter()
-    path = prepare(builder, args.manual_dir, overwrite=args.overwrite)
-    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
-    print(f"{NAME}/{args.config} ({counts}) ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    print(builder.policy.report(), file=sys.stderr)
-    print(path)
-    return path
+    return manual.build_and_report(builder, args.manual_dir, overwrite=args.overwrite,
+                                   skip_corrupt=args.skip_corrupt)
 
 
 if __name__ == "__main__":

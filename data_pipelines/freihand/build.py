@@ -13,9 +13,7 @@ builder directory on the last line.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from typing import Optional, Sequence
 
 from data_pipelines import manual
@@ -38,18 +36,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
     builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt)
-    reused = builder.is_prepared() and not args.overwrite
-    start = time.perf_counter()
-    path = manual.prepare(builder, args.manual_dir, overwrite=args.overwrite)
-    counts = ", ".join(f"{name}: {split.num_examples}" for name, split in builder.info.splits.items())
-    print(f"{NAME}/{args.config} ({counts}) ready in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    if reused:
-        print(f"{path} already built (--overwrite rebuilds it)", file=sys.stderr)
-    elif args.skip_corrupt:
-        builder.policy.write_report(os.path.join(path, "skipped_files.json"))
-        print(builder.policy.report(), file=sys.stderr)
-    print(path)
-    return path
+    return manual.build_and_report(builder, args.manual_dir, overwrite=args.overwrite,
+                                   skip_corrupt=args.skip_corrupt)
 
 
 if __name__ == "__main__":
