@@ -11,6 +11,7 @@ from data_pipelines.pipeline import FrameSource
 from data_pipelines.synthetic_hands import build as build_cli
 from data_pipelines.synthetic_hands import ensure_built, make_config, scene
 from data_pipelines.synthetic_hands import renderer
+from data_pipelines.synthetic_hands.synthetic_hands_dataset_builder import VERSION
 from data_pipelines.transforms import axis_angle_to_matrix
 from handjax.mano import from_axis_angle, load_model, mano_forward
 from handjax.mano.builtin import builtin_mano_arrays
@@ -42,7 +43,7 @@ def raw_train(tiny_dir):
 
 
 def test_builder_directory_layout(tiny_dir, data_dir):
-    assert tiny_dir == os.path.join(data_dir, "synthetic_hands", "tiny", "1.0.0")
+    assert tiny_dir == os.path.join(data_dir, "synthetic_hands", "tiny", VERSION)
     info = tfds.builder_from_directory(tiny_dir).info
     assert info.splits["train"].num_examples == TINY.num_sequences * TINY.frames
     assert info.splits["test"].num_examples == TINY.test_sequences * TINY.frames

@@ -118,7 +118,7 @@ def _model(seed=0):
 
 def _loss(hand):
     return functools.partial(recipe.finetune_loss, mano_model=hand, remap=mano.joint_remap("tempclr", "freihand"),
-                             weights={"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "pose": 1.0, "betas": 0.1},
+                             weights={"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "wrist_pose": 1.0, "hand_pose": 1.0, "betas": 0.1},
                              image_size=S)
 
 
@@ -185,3 +185,57 @@ def test_model_only_checkpoint_roundtrip(tmp_path):
     assert restore_model(dst, str(tmp_path / "m"), _cfg()) == -1
     jax.tree.map(np.testing.assert_array_equal, _final_params(dst), _final_params(src))
     jax.tree.map(np.testing.assert_array_equal, nnx.state(dst, nnx.BatchStat), nnx.state(src, nnx.BatchStat))
+
+
+def test_pipeline_labels_are_reachable_by_the_regressor(hand, tmp_path_factory):
+    """The fine-tune targets of an augmented pipeline batch (rotated, flipped crops) are exactly what the
+    model's parameters can express: GT MANO pose/shape encoded as the 109-d vector, with the least-squares
+    weak-perspective camera, give (near) zero loss; the mean parameters do not."""
+    from data_pipelines.pipeline import FrameSource, make_pipeline
+    from data_pipelines.synthetic_hands import ensure_built
+    from handjax.geometry import axis_angle_to_matrix, inverse_softplus
+
+    # same directory as tests/test_synthetic_data.py: built once per pytest session
+    source = FrameSource(ensure_built("tiny", str(tmp_path_factory.getbasetemp() / "synthetic_hands_data")), "train")
+    aug = dict(scale=0.2, rotation=45.0, shift=0.1, flip="left_to_right")  # the recipe's: right-hand model
+    batch = next(make_pipeline(source, batch_size=8, image_size=S, augment=aug, seed=3, shard_index=0,
+                               shard_count=1))
+    assert batch["aug_flip"].any() and (np.abs(batch["aug_rotation"]) > 0.1).any()
+    rot = np.asarray(axis_angle_to_matrix(jnp.asarray(batch["mano_pose"]).reshape(-1, 16, 3)))
+    six = np.asarray(matrix_to_rot6d(jnp.asarray(rot), "interleaved")).reshape(-1, 96)
+    joints = np.asarray(mano.mano_forward(hand, jnp.asarray(rot), jnp.asarray(batch["betas"]),
+                                          convention="tempclr").joints)[:, mano.joint_remap("tempclr", "freihand")]
+    target = 2.0 * batch["joints2d"] / S - 1.0
+    cams = []
+    for xy, t in zip(joints[..., :2], target):  # t = s * xy + c, solved for (s, c), then c = s * translation
+        a = np.zeros((42, 3))
+        a[:, 0], a[0::2, 1], a[1::2, 2] = xy.reshape(-1), 1.0, 1.0
+        (s, cx, cy), *_ = np.linalg.lstsq(a, t.reshape(-1), rcond=None)
+        cams.append([float(inverse_softplus(jnp.float32(s))), cx / s, cy / s])
+    ideal = np.concatenate([six, batch["betas"], np.asarray(cams)], 1).astype(np.float32)
+
+    class Fixed(nnx.Module):  # a "model" that predicts the given parameters for every image
+        def __init__(self, params):
+            self.params = params
+
+        def __call__(self, images):
+            return [jnp.asarray(self.params)]
+
+    loss = functools.partial(recipe.finetune_loss, mano_model=hand, remap=mano.joint_remap("tempclr", "freihand"),
+                             weights={"joints2d": 1.0, "joints3d": 1.0, "vertices": 1.0, "wrist_pose": 1.0,
+                                      "hand_pose": 1.0, "betas": 1.0}, image_size=S)
+    _, good = loss(Fixed(ideal), batch, None)
+    _, mean = loss(Fixed(np.tile(np.asarray(default_mean_param(8.0)), (8, 1))), batch, None)
+    # TempCLR's fingertip vertices differ from FreiHAND's (the labels'): a few mm on 5 of 21 joints
+    assert float(good["joints3d"]) < 1.5e-3 and float(good["vertices"]) < 1.5e-3, good
+    assert float(good["joints2d"]) < 0.02 < float(mean["joints2d"]), (good, mean)  # 2 % of the crop half-width
+    for key in ("wrist_pose", "hand_pose", "betas"):
+        assert float(good[key]) < 1e-8 < float(mean[key]), key
+
+
+def test_unknown_loss_weight_is_an_error(hand):
+    batch = _batch(hand, n=2)
+    loss = functools.partial(recipe.finetune_loss, mano_model=hand, remap=mano.joint_remap("tempclr", "freihand"),
+                             weights={"joints2d": 1.0, "pose": 1.0}, image_size=S)  # 'pose': the old single term
+    with pytest.raises(ValueError, match=r"\['pose'\] name no loss term.*wrist_pose"):
+        loss(_model(), batch, None)

@@ -5,7 +5,7 @@
         [--annotate_every k]
 
 Sizes other than the named config's become a derived config (e.g. ``default_n50_s96``)
-stored in its own directory ``DIR/synthetic_hands/<config>/1.0.0``. The data dir defaults
+stored in its own directory ``DIR/synthetic_hands/<config>/<version>``. The data dir defaults
 to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``. An existing build is reused unless
 ``--overwrite`` is given. Prints the builder directory on the last line.
 """

@@ -192,6 +192,15 @@ def _axis_rotation(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
     return axis_angle_to_matrix(np.asarray(angle)[..., None] * np.asarray(axis, np.float64))
 
 
+# radians: (range of the first key frame, bound of the whole path) for yaw (about the finger axis:
+# 0 = palm to the camera), tilt (fingers towards / away from the camera) and roll (in the image plane).
+# Third-person views of a raised hand: palm to side views (up to ~85 degrees of yaw), fingers
+# within ~75 degrees of upright (the crop augmentation adds its own in-plane rotation). Version
+# 1.0.0 drew yaw over the full circle and roll up to 150 degrees: a nearly uniform orientation
+# that a small network trained for minutes on a CPU could not learn at all.
+GLOBAL_MOTION_RANGES = {"yaw": (1.2, 1.5), "tilt": (0.5, 0.7), "roll": (1.0, 1.3)}
+
+
 def sample_global_motion(rng: np.random.Generator, space: PoseSpace, frames: int
                          ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Smooth global orientations (frames, 3, 3), projected hand centres as image fractions
@@ -202,11 +211,12 @@ def sample_global_motion(rng: np.random.Generator, space: PoseSpace, frames: int
     camera, roll turns the hand in the image plane.
     """
     n_keys = _key_count(frames)
-    first = np.array([rng.uniform(-np.pi, np.pi), rng.uniform(-0.7, 0.7), rng.uniform(-2.0, 2.0),
+    y, t, r = GLOBAL_MOTION_RANGES["yaw"], GLOBAL_MOTION_RANGES["tilt"], GLOBAL_MOTION_RANGES["roll"]
+    first = np.array([rng.uniform(-y[0], y[0]), rng.uniform(-t[0], t[0]), rng.uniform(-r[0], r[0]),
                       rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6), rng.uniform(0.3, 0.8)])
     step_scale = np.array([0.8, 0.35, 0.5, 0.07, 0.07, 0.08])
-    lo = np.array([-np.inf, -0.9, -2.6, 0.3, 0.3, 0.3])
-    hi = np.array([np.inf, 0.9, 2.6, 0.7, 0.7, 0.8])
+    lo = np.array([-y[1], -t[1], -r[1], 0.3, 0.3, 0.3])
+    hi = np.array([y[1], t[1], r[1], 0.7, 0.7, 0.8])
     keys = [first]
     for _ in range(n_keys - 1):
         keys.append(np.clip(keys[-1] + rng.uniform(-1, 1, size=6) * step_scale, lo, hi))

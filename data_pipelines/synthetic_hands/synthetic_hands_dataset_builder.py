@@ -48,7 +48,7 @@ from PIL import Image
 from . import scene as scene_lib
 
 NAME = "synthetic_hands"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 SPLITS = ("train", "test")
 
 
@@ -156,7 +156,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     """Synthetic hand videos rendered with handjax's built-in MANO model and rasteriser."""
 
     VERSION = tfds.core.Version(VERSION)
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Global orientations of third-person raised-hand views (palm to side) "
+                              "instead of nearly uniform ones."}
     BUILDER_CONFIGS = list(BASE_CONFIGS.values())
     DEFAULT_CONFIG_NAME = "default"
     pkg_dir_path = epath.Path(__file__).parent
@@ -219,7 +221,7 @@ def get_builder(config: str | SyntheticHandsConfig = "default", data_dir: Option
 
 def ensure_built(config_name: str = "default", data_dir: Optional[str] = None, **overrides) -> str:
     """Build ``config_name`` (+ overrides) under ``data_dir`` unless it exists; return the
-    builder directory (``<data_dir>/synthetic_hands/<config>/1.0.0``) for
+    builder directory (``<data_dir>/synthetic_hands/<config>/<VERSION>``) for
     ``tfds.builder_from_directory`` / :func:`data_pipelines.pipeline.make_pipeline`."""
     builder = get_builder(config_name, data_dir, **overrides)
     if not builder.is_prepared():

@@ -27,8 +27,15 @@ def param_mse(pred: jnp.ndarray, gt: jnp.ndarray, valid: jnp.ndarray) -> jnp.nda
     return _masked_mean(err, valid)
 
 
-def weighted_sum(terms: dict, weights) -> tuple:
-    """sum_k w_k * term_k over terms with a non-zero weight; returns (total, {name: value})."""
+def weighted_sum(terms: dict, weights, optional=()) -> tuple:
+    """sum_k w_k * term_k over terms with a non-zero weight; returns (total, {name: value}).
+
+    A weight whose name is neither a term nor in ``optional`` (terms the caller only
+    computes when weighted) is an error: a misspelt weight must not silently do nothing.
+    """
+    unknown = sorted(set(weights) - set(terms) - set(optional))
+    if unknown:
+        raise ValueError(f"loss weights {unknown} name no loss term; known terms: {sorted(set(terms) | set(optional))}")
     total = 0.0
     used = {}
     for name, value in terms.items():

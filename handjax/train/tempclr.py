@@ -65,13 +65,16 @@ def finetune_loss(model, batch, rng, *, mano_model, remap, weights, image_size: 
         "joints2d": keypoint_l1(proj, 2.0 * batch["joints2d"] / image_size - 1.0, valid("joints2d")),
         "joints3d": keypoint_l1(root_relative(joints, joints), root_relative(batch["joints3d"], batch["joints3d"]),
                                 valid("joints3d")),
-        "pose": param_mse(out["rotmats"], gt_rot, valid("mano")),
+        # separate wrist and finger terms (TempCLR's MANOLossModule: wrist_pose, hand_pose, betas); in one
+        # 16-joint mean the global orientation would carry only 1/16 of the weight
+        "wrist_pose": param_mse(out["rotmats"][:, :1], gt_rot[:, :1], valid("mano")),
+        "hand_pose": param_mse(out["rotmats"][:, 1:], gt_rot[:, 1:], valid("mano")),
         "betas": param_mse(out["betas"], batch["betas"], valid("mano")),
     }
     if out["vertices"] is not None:
         terms["vertices"] = keypoint_l1(root_relative(out["vertices"], joints),
                                         root_relative(batch["vertices"], batch["joints3d"]), valid("vertices"))
-    total, used = weighted_sum(terms, weights)
+    total, used = weighted_sum(terms, weights, optional=("vertices",))
     return total, used
 
 
@@ -88,10 +91,20 @@ def predict_fn(mano_model, remap):
 WEAK_PERSPECTIVE_DEPTH = 20.0  # metres: a far pinhole camera that reproduces the weak-perspective projection
 
 
-def summary_fn(mano_model, remap, image_size: int, num_images: int = 4):
-    """Re-projection summaries (host side): crop with GT joints | predicted joints | predicted mesh over the crop."""
+def summary_fn(mano_model, remap, image_size: int, num_images: int = 4, min_display: int = 128):
+    """Re-projection summaries (host side): crop with GT joints | predicted joints | predicted mesh over the crop.
+
+    Crops smaller than ``min_display`` pixels are shown enlarged by an integer factor (nearest
+    neighbour), with the skeletons and the mesh drawn at the display resolution.
+    """
     from handjax import render
     from handjax.eval.visualize import denormalize, draw_skeleton, overlay
+
+    zoom = max(1, -(-min_display // image_size))
+    size = image_size * zoom
+
+    def to_display(u):  # crop pixel coordinates (OpenCV centres) -> display ones: pixel u covers zoom x zoom
+        return (u + 0.5) * zoom - 0.5
 
     @nnx.jit
     def predict(model, images):
@@ -102,19 +115,21 @@ def summary_fn(mano_model, remap, image_size: int, num_images: int = 4):
         out = predict(model, images)
         s, t = out["camera_scale"], out["camera_translation"]
         # weak perspective x_n = s (X + t), pixel = (x_n + 1) S / 2  ==  pinhole at depth Z0 with f = s S Z0 / 2
-        f = s * image_size / 2 * WEAK_PERSPECTIVE_DEPTH
+        f = s * size / 2 * WEAK_PERSPECTIVE_DEPTH
         verts = out["vertices"] + jnp.concatenate([t, jnp.full_like(t[:, :1], WEAK_PERSPECTIVE_DEPTH)], -1)[:, None]
         zeros = jnp.zeros_like(f)
-        K = jnp.stack([jnp.stack([f, zeros, zeros + image_size / 2], -1), jnp.stack([zeros, f, zeros + image_size / 2], -1),
+        c = to_display(image_size / 2)  # principal point: the crop centre
+        K = jnp.stack([jnp.stack([f, zeros, zeros + c], -1), jnp.stack([zeros, f, zeros + c], -1),
                        jnp.stack([zeros, zeros, zeros + 1], -1)], -2)
-        rendered = render.render_mesh_batch(verts, mano_model.faces, K, (image_size, image_size),
+        rendered = render.render_mesh_batch(verts, mano_model.faces, K, (size, size),
                                             vertex_colors=jnp.tile(jnp.array([[0.55, 0.65, 0.9]]), (verts.shape[1], 1)))
-        crops = denormalize(np.asarray(images))
-        pred_px = (np.asarray(out["proj_joints"][:, jnp.array(remap)]) + 1) * image_size / 2
+        crops = denormalize(np.asarray(images)).repeat(zoom, axis=1).repeat(zoom, axis=2)
+        pred_px = to_display((np.asarray(out["proj_joints"][:, jnp.array(remap)]) + 1) * image_size / 2)
+        gt_px = to_display(np.asarray(batch["joints2d"][:num_images]))
         panels = []
         for i in range(len(crops)):
             panels.append(np.concatenate([
-                draw_skeleton(crops[i], batch["joints2d"][i]), draw_skeleton(crops[i], pred_px[i]),
+                draw_skeleton(crops[i], gt_px[i]), draw_skeleton(crops[i], pred_px[i]),
                 overlay(crops[i], np.asarray(rendered.rgb[i]), np.asarray(rendered.mask[i]))], axis=1))
         return {"reprojection": np.stack(panels)}
 
