@@ -19,4 +19,4 @@ from handjax.geometry.rotations import (
     rot6d_to_matrix,
     skew,
 )
-from handjax.geometry.transforms import apply_transform, invert_transform, make_transform
+from handjax.geometry.transforms import apply_transform, invert_transform, make_transform, small_matmul, small_matvec

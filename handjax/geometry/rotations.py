@@ -61,7 +61,8 @@ def axis_angle_to_matrix(aa: jnp.ndarray) -> jnp.ndarray:
     b = xp.where(small, 0.5 - t2 / 24.0, (1.0 - xp.cos(t)) / t2_safe)
     k = skew(aa)
     eye = xp.broadcast_to(xp.eye(3, dtype=aa.dtype), k.shape)
-    return eye + a[..., None, None] * k + b[..., None, None] * (k @ k)
+    k2 = aa[..., :, None] * aa[..., None, :] - t2[..., None, None] * eye  # [w]_x^2 = w w^T - |w|^2 I
+    return eye + a[..., None, None] * k + b[..., None, None] * k2
 
 
 def quaternion_to_matrix(q: jnp.ndarray) -> jnp.ndarray:

@@ -11,6 +11,7 @@ from handjax.mano.io import (
     save_npz,
 )
 from handjax.mano.skinning import (
+    blend_shapes_and_poses,
     forward_kinematics,
     forward_kinematics_rt,
     joints_from_betas,

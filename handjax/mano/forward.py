@@ -39,7 +39,7 @@ def _finish(joints16, tips, verts, transl, conv):
 
 
 def mano_forward(model: ManoModel, rotmats: jnp.ndarray, betas: Optional[jnp.ndarray] = None,
-                 transl: Optional[jnp.ndarray] = None, convention="smplx") -> ManoOutput:
+                 transl: Optional[jnp.ndarray] = None, convention="smplx", chunk_size="auto") -> ManoOutput:
     """Posed MANO mesh.
 
     rotmats: (..., 16, 3, 3) local joint rotations (root first), see
@@ -47,10 +47,11 @@ def mano_forward(model: ManoModel, rotmats: jnp.ndarray, betas: Optional[jnp.nda
     betas: (..., num_betas) or None (mean shape). transl: (..., 3) or None.
     convention: a name from ``handjax.mano.CONVENTIONS`` or a Convention
     (tip vertices, joint order, units, centring).
+    chunk_size: see ``handjax.mano.skinning.lbs`` (cache-sized chunks for large CPU batches).
     """
     conv = get_convention(convention)
     betas = _default_betas(model, rotmats, betas)
-    verts, glob = lbs(model, rotmats, betas)
+    verts, glob = lbs(model, rotmats, betas, chunk_size)
     tips = verts[..., jnp.array(conv.tips(model.side)), :]
     joints, verts = _finish(glob[..., :3, 3], tips, verts, transl, conv)
     return ManoOutput(vertices=verts, joints=joints, transforms=glob)

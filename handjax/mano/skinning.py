@@ -5,9 +5,11 @@ local joint rotation matrices (..., 16, 3, 3) in the MANO kinematic order.
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from handjax.geometry.transforms import make_transform
+from handjax.geometry.transforms import make_transform, small_matmul, small_matvec
 from handjax.mano.model import ManoModel, kinematic_levels
 
 
@@ -58,8 +60,8 @@ def forward_kinematics_rt(rotmats: jnp.ndarray, joints: jnp.ndarray, parents):
         pos = jnp.array([prev.index(parents[j]) for j in cur])  # parent's slot in the previous level
         r_par, t_par = rots[-1][..., pos, :, :], trans[-1][..., pos, :]
         cur_idx = jnp.array(cur)
-        rots.append(r_par @ rotmats[..., cur_idx, :, :])
-        trans.append(jnp.einsum("...ij,...j->...i", r_par, rel[..., cur_idx, :]) + t_par)
+        rots.append(small_matmul(r_par, rotmats[..., cur_idx, :, :]))
+        trans.append(small_matvec(r_par, rel[..., cur_idx, :]) + t_par)
     order = [j for level in levels for j in level]
     back = jnp.array([order.index(j) for j in range(len(parents))])  # level order -> joint order
     return jnp.concatenate(rots, -3)[..., back, :, :], jnp.concatenate(trans, -2)[..., back, :]
@@ -67,7 +69,7 @@ def forward_kinematics_rt(rotmats: jnp.ndarray, joints: jnp.ndarray, parents):
 
 def skinning_transforms(rot: jnp.ndarray, trans: jnp.ndarray, joints: jnp.ndarray) -> jnp.ndarray:
     """Per-joint 3x4 transforms that move REST-pose points: [R_j | t_j - R_j J_j]. -> (..., 16, 3, 4)."""
-    t_rest = trans - jnp.einsum("...jab,...jb->...ja", rot, joints)
+    t_rest = trans - small_matvec(rot, joints)
     return jnp.concatenate([rot, t_rest[..., None]], axis=-1)
 
 
@@ -75,15 +77,21 @@ def skin(weights: jnp.ndarray, transforms: jnp.ndarray, verts: jnp.ndarray) -> j
     """Blend the per-joint transforms with skinning weights and apply them.
 
     weights (V, 16); transforms (..., 16, 3, 4) (or 4x4); verts (..., V, 3) -> (..., V, 3).
-    The blended 3x4 transform is applied with explicit multiply-adds per output
-    coordinate: on XLA-CPU a (B*V)-batched 3x3 dot, or a sum over a broadcast
-    product, is several times slower.
+    The blend is ONE matrix product (N*12, 16) @ (16, V) over the flattened batch
+    (a batch of N small (V,16)@(16,12) products is 2x slower on XLA-CPU) giving the
+    blended 3x4 transforms channel-first, (N, 3, 4, V); they are applied with explicit
+    multiply-adds over contiguous vertex rows (a (N*V)-batched 3x3 dot, or a sum over a
+    broadcast product, is several times slower).
     """
-    flat = transforms[..., :3, :].reshape(transforms.shape[:-2] + (12,))  # (..., 16, 12), row-major 3x4
-    b = jnp.matmul(weights, flat)  # (..., V, 12)
-    x, y, z = verts[..., 0], verts[..., 1], verts[..., 2]
-    rows = [b[..., 4 * r] * x + b[..., 4 * r + 1] * y + b[..., 4 * r + 2] * z + b[..., 4 * r + 3] for r in range(3)]
-    return jnp.stack(rows, axis=-1)
+    lead = transforms.shape[:-3]
+    num_joints, num_verts = transforms.shape[-3], weights.shape[0]
+    flat = transforms[..., :3, :].reshape((-1, num_joints, 12))  # (N, 16, 12), row-major 3x4
+    n = flat.shape[0]
+    blended = (jnp.swapaxes(flat, 1, 2).reshape(n * 12, num_joints) @ weights.T).reshape(n, 3, 4, num_verts)
+    v = jnp.swapaxes(jnp.broadcast_to(verts, lead + verts.shape[-2:]).reshape(n, num_verts, 3), 1, 2)[:, None]
+    out = (blended[:, :, 0] * v[:, :, 0] + blended[:, :, 1] * v[:, :, 1] + blended[:, :, 2] * v[:, :, 2]
+           + blended[:, :, 3])  # (N, 3, V)
+    return jnp.swapaxes(out, 1, 2).reshape(lead + (num_verts, 3))
 
 
 def joints_from_betas(model: ManoModel, betas: jnp.ndarray) -> jnp.ndarray:
@@ -99,15 +107,61 @@ def joints_from_betas(model: ManoModel, betas: jnp.ndarray) -> jnp.ndarray:
     return j_template + jnp.einsum("jck,...k->...jc", j_dirs, betas)
 
 
-def lbs(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray):
+def blend_shapes_and_poses(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray) -> jnp.ndarray:
+    """v_template + shape_blend + pose_correctives as ONE product [betas | pose_features] @ [shapedirs | posedirs]^T.
+
+    Equal to ``shape_blend(model, betas) + pose_correctives(model, rotmats)``; one (N, 10 + 135) @
+    (10 + 135, V*3) product instead of two that each write a (N, V, 3) array. -> (..., V, 3).
+    """
+    betas = betas[..., : model.num_betas]
+    coeff = jnp.concatenate([betas, pose_features(rotmats)], axis=-1)
+    dirs = jnp.concatenate([model.shapedirs[..., : betas.shape[-1]], model.posedirs], axis=-1)  # (V, 3, K)
+    num_verts = dirs.shape[0]
+    offsets = coeff @ dirs.reshape(num_verts * 3, -1).T
+    return model.v_template + offsets.reshape(coeff.shape[:-1] + (num_verts, 3))
+
+
+# XLA-CPU: large batches are skinned in chunks whose intermediates ((chunk, V, 12) blended transforms,
+# (chunk, V, 3) offsets) stay in cache; one pass over B=4096 hands writes and re-reads ~200 MB and runs
+# ~3x slower. GPUs/TPUs get the whole batch at once.
+CPU_CHUNK = 128
+
+
+def _auto_chunk_size(batch: int):
+    if jax.default_backend() == "cpu" and jax.device_count() == 1 and batch > 2 * CPU_CHUNK:
+        return CPU_CHUNK  # several devices: the batch may be sharded; scanning over chunks would gather it
+    return None
+
+
+def lbs(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray, chunk_size="auto"):
     """Full MANO skinning. Returns (vertices (..., V, 3), global transforms (..., 16, 4, 4)).
 
-    Steps: shape blend -> joint regression -> pose correctives -> forward
-    kinematics -> skinning (as in smplx ``lbs`` with ``pose2rot=False``).
+    Steps: shape blend + pose correctives -> joint regression -> forward kinematics -> skinning
+    (as in smplx ``lbs`` with ``pose2rot=False``). ``chunk_size``: run the batch (leading dims
+    flattened) through ``lax.map`` in chunks of this many hands; None = all at once; "auto" =
+    ``CPU_CHUNK`` for large batches on a single CPU device, else all at once. Results are equal.
     """
-    v_shaped = shape_blend(model, betas)
+    lead = rotmats.shape[:-3]
+    betas = jnp.broadcast_to(betas, lead + betas.shape[-1:])
+    batch = int(np.prod(lead)) if lead else 1
+    if chunk_size == "auto":
+        chunk_size = _auto_chunk_size(batch)
+    if not chunk_size or batch <= chunk_size:
+        return _lbs(model, rotmats, betas)
+    n = -(-batch // chunk_size)
+    pad = n * chunk_size - batch
+    r = jnp.pad(rotmats.reshape((batch,) + rotmats.shape[-3:]), ((0, pad), (0, 0), (0, 0), (0, 0)))
+    b = jnp.pad(betas.reshape(batch, -1), ((0, pad), (0, 0)))
+    # rematerialised: the backward pass recomputes a chunk instead of storing its (chunk, V, 12) residuals
+    verts, glob = jax.lax.map(jax.checkpoint(lambda rb: _lbs(model, *rb)),
+                              (r.reshape((n, chunk_size) + r.shape[1:]), b.reshape(n, chunk_size, -1)))
+    unchunk = lambda x: x.reshape((n * chunk_size,) + x.shape[2:])[:batch].reshape(lead + x.shape[2:])
+    return unchunk(verts), unchunk(glob)
+
+
+def _lbs(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray):
+    v_posed = blend_shapes_and_poses(model, rotmats, betas)
     joints = joints_from_betas(model, betas)
-    v_posed = v_shaped + pose_correctives(model, rotmats)
     rot, trans = forward_kinematics_rt(rotmats, joints, model.parents)
     verts = skin(model.lbs_weights, skinning_transforms(rot, trans, joints), v_posed)
     return verts, make_transform(rot, trans)
