@@ -139,7 +139,8 @@ def lbs(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray, chunk_size="
     Steps: shape blend + pose correctives -> joint regression -> forward kinematics -> skinning
     (as in smplx ``lbs`` with ``pose2rot=False``). ``chunk_size``: run the batch (leading dims
     flattened) through ``lax.map`` in chunks of this many hands; None = all at once; "auto" =
-    ``CPU_CHUNK`` for large batches on a single CPU device, else all at once. Results are equal.
+    ``CPU_CHUNK`` for large batches on a single CPU device, else all at once. Results agree to
+    float32 rounding.
     """
     lead = rotmats.shape[:-3]
     betas = jnp.broadcast_to(betas, lead + betas.shape[-1:])
