@@ -118,7 +118,8 @@ def _model(seed=0):
 
 def _loss(hand):
     return functools.partial(recipe.finetune_loss, mano_model=hand, remap=mano.joint_remap("tempclr", "freihand"),
-                             weights={"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "wrist_pose": 1.0, "hand_pose": 1.0, "betas": 0.1},
+                             weights={"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "wrist_pose": 1.0, "hand_pose": 1.0,
+                                      "betas": 0.1},
                              image_size=S)
 
 
