@@ -42,6 +42,9 @@ stable measure here; A/B pairs were interleaved in one process):
   bfloat16 compute dtype                                   +34 %                worse (no AVX512-BF16)
   jax_default_matmul_precision=bfloat16                    +-2 %                noise (f32 on CPU anyway)
   persistent compilation cache (2nd process)               setup 18.4 -> 3.4 s  compile time only
+  --xla_cpu_use_onednn / _experimental_onednn_custom_call   0.76x -> 0.79-0.81x      noise (same run-to-run spread)
+  3x3 weight gradient as 9 GEMMs over shifted views        +20 to +100 % per conv   worse (XLA's conv is fastest)
+  3x3 weight gradient as im2col + one GEMM                 +10 to +200 % per conv   worse
   torch side: channels_last                                torch -5 %
   torch side: 2 threads vs 1 thread under load             torch 3-7x SLOWER (OpenMP barriers stall when a core is taken)
 
@@ -60,6 +63,11 @@ Results at the defaults (two runs of the whole script, same machine):
   B (busy)  50         jax          2220      7.2     2096
   B (busy)  50         torch/2t    10880      1.5    10806     4.90x
   B (busy)  50         torch/1t     1886      8.5     1821     0.85x
+
+Split of the gap (ResNet-18, 16 x 128^2, train-mode BN, 2 cores): forward 150 vs 115 ms
+(0.77x), backward alone 328 vs 198 ms (0.60x); per convolution XLA's input- and
+weight-gradient kernels cost about one forward each, so the gap is per-kernel
+efficiency of the CPU convolution library, not the formulation.
 
 With both cores free (run A, ResNet-18) JAX reaches 0.76x of PyTorch (the starting
 point quoted for a linen ResNet-18 was about 0.45x; the max-pool and 1x1 changes cut
