@@ -1,0 +1,16 @@
+"""The benchmark scripts run (smoke test at toy sizes; no assertion on speed)."""
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_mano_bench_runs_and_prints_ratios():
+    env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user runs it
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "mano_bench.py"), "--batches", "8",
+                          "--repeats", "1", "--min-time", "0"], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^\s+8\s+(forward|fwd\+bwd)\s+[\d,]+\s+[\d,]+\s+[\d.]+x$", out.stdout, re.M)
+    assert rows == ["forward", "fwd+bwd"], out.stdout
