@@ -240,3 +240,16 @@ def test_unknown_loss_weight_is_an_error(hand):
                              weights={"joints2d": 1.0, "pose": 1.0}, image_size=S)  # 'pose': the old single term
     with pytest.raises(ValueError, match=r"\['pose'\] name no loss term.*wrist_pose"):
         loss(_model(), batch, None)
+
+
+def test_unknown_loss_weight_in_config_fails_before_training(tmp_path):
+    from configs.tempclr import get_config
+
+    cfg = get_config("size=tiny")
+    cfg.finetune.loss_weights = dict(cfg.finetune.loss_weights, pose=1.0)
+
+    def data(**kw):  # never reached: the config is rejected first
+        raise AssertionError("data requested before the config was validated")
+
+    with pytest.raises(ValueError, match=r"finetune\.loss_weights\.pose: no such loss term"):
+        recipe.run(cfg, str(tmp_path), data)

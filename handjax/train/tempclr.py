@@ -29,6 +29,7 @@ from handjax.train.checkpoint import is_model_checkpoint
 from handjax.train.loop import Task, global_batch, make_mesh, replicate, restore_model, train
 
 MODEL_CONVENTION = "tempclr"
+FINETUNE_TERMS = ("joints2d", "joints3d", "vertices", "wrist_pose", "hand_pose", "betas")
 
 
 def build_model(cfg, with_projection: bool, seed: int = 0) -> TempCLRModel:
@@ -193,6 +194,10 @@ def run(cfg, workdir: str, data) -> dict:
     unknown = set(stages) - {"pretrain", "finetune", "eval"}
     if unknown:
         raise ValueError(f"config key 'stages': unknown stage(s) {sorted(unknown)}; use pretrain, finetune, eval")
+    bad_weights = sorted(set(cfg.finetune.loss_weights) - set(FINETUNE_TERMS))
+    if bad_weights:  # checked before any stage runs
+        raise ValueError(f"config key finetune.loss_weights.{bad_weights[0]}: no such loss term; "
+                         f"known terms: {', '.join(FINETUNE_TERMS)}")
     mano_model = mano.load_model(cfg.mano.model_path or None, "right")
     remap = mano.joint_remap(MODEL_CONVENTION, cfg.data.joint_convention)
     mesh = make_mesh()
