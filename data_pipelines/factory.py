@@ -97,7 +97,7 @@ def _stack(items, batch_size):
     n = len(items)
     items = items + [items[-1]] * (batch_size - n)
     out = {k: np.concatenate([it[k] for it in items]) for k in items[0]}
-    out["valid"] = np.arange(batch_size) < n
+    out["valid"] = (np.arange(batch_size) < n) & out.get("valid", True)  # batch padding and shard padding
     return out
 
 
@@ -119,7 +119,7 @@ def make_data_factory(data_cfg, seed: int = 0):
             return iter(ds)
         eval_aug = {"flip": augment.get("flip", "none"), **eval_crop}
         ds = make_dataset(source, split, mode=mode, batch_size=1, image_size=image_size, augment=eval_aug,
-                          seed=0, shuffle=False, num_epochs=1)
+                          seed=0, shuffle=False, num_epochs=1, pad_shards=True)
         return _padded_batches(ds, local)
 
     data.builder_dir = builder_dir

@@ -48,6 +48,7 @@ aug_shift       L + (2,) f32      crop-centre shift, fraction of the crop side
 aug_flip        L bool            mirrored
 aug_color       L + (4,) f32      brightness, contrast, saturation factors, hue (rad)
 in_window       (B, F) bool       window mode only: True for anchor and positives
+valid           (B,) bool         ``pad_shards`` only: False on a shard's padding samples
 ==============  ================  ==========================================================
 
 Real datasets (FreiHAND, HO3D, ...) add their own numeric features (e.g. ``eval_index``,
@@ -278,6 +279,16 @@ class SampleMaker:
         return sample
 
 
+@dataclasses.dataclass(frozen=True)
+class _MarkValid:
+    """Sample ``valid`` flag of a padded shard: its first ``real`` positions are real samples."""
+
+    real: int
+
+    def __call__(self, position: int, sample: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return dict(sample, valid=np.bool_(position < self.real))
+
+
 def anchors_for(index: SequenceIndex, mode: str, *, window: int, num_negatives: int, annotated_only: bool,
                 unannotated_only: bool) -> np.ndarray:
     if mode == "frame":
@@ -298,7 +309,7 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
                  shard_index: Optional[int] = None, shard_count: Optional[int] = None, num_workers: int = 0,
                  window: int = 3, k: int = 2, num_negatives: int = 0, annotated_only: bool = False,
                  unannotated_only: bool = False, shuffle: bool = True, num_epochs: Optional[int] = None,
-                 read_threads: int = 0, worker_buffer_size: int = 2) -> grain.IterDataset:
+                 read_threads: int = 0, worker_buffer_size: int = 2, pad_shards: bool = False) -> grain.IterDataset:
     """The batched grain dataset (see module docstring for modes and the batch format).
 
     batch_size is per process (drop remainder). shard_index / shard_count default to
@@ -307,6 +318,11 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
     each epoch is reshuffled (seed + epoch). num_workers > 0 uses grain worker processes
     (call it under ``absl.app.run`` or after parsing absl flags). read_threads > 0 reads
     samples in threads within each process.
+
+    pad_shards (evaluation: one unshuffled epoch): nothing is dropped; every shard gets
+    ceil(N / shard_count) samples, the short ones padded with a repeat of their last sample,
+    and each sample carries ``valid`` (False on the padding) so that every process yields the
+    same number of batches and every sample is evaluated exactly once.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -324,11 +340,18 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
     src = open_source(source, split)
     anchors = anchors_for(src.index, mode, window=window, num_negatives=num_negatives,
                           annotated_only=annotated_only, unannotated_only=unannotated_only)
-    per_shard = len(anchors) // shard_count
-    if per_shard == 0:
+    if pad_shards and (shuffle or num_epochs != 1):
+        raise ValueError("pad_shards is for evaluation: it needs shuffle=False and num_epochs=1")
+    per_shard = -(-len(anchors) // shard_count) if pad_shards else len(anchors) // shard_count
+    if per_shard == 0 or (pad_shards and len(anchors) < shard_count):
         raise ValueError(f"{mode} mode: {len(anchors)} anchor frame(s) in split {split!r} cannot fill "
                          f"{shard_count} shard(s)")
-    anchors = anchors[:per_shard * shard_count][shard_index::shard_count]
+    if pad_shards:
+        anchors = anchors[shard_index::shard_count]
+        real = len(anchors)
+        anchors = np.concatenate([anchors, np.repeat(anchors[-1:], per_shard - real, axis=0)])
+    else:
+        anchors = anchors[:per_shard * shard_count][shard_index::shard_count]
     ds = grain.MapDataset.source(anchors.tolist())
     if shuffle:
         ds = ds.shuffle(seed=seed)
@@ -336,6 +359,8 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
     maker = SampleMaker(src, mode, AugmentConfig.from_dict(augment), image_size, seed, shard_index,
                         per_shard, k=k, window=window, num_negatives=num_negatives)
     ds = ds.map_with_index(maker)
+    if pad_shards:
+        ds = ds.map_with_index(_MarkValid(real))
     read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(batch_size, 1) * 2)
     ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
     if num_workers > 0:

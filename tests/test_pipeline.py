@@ -309,6 +309,24 @@ def test_sharding_is_disjoint_and_complete(source):
     assert all(len(set(s)) == n for s in full)
 
 
+def test_padded_shards_evaluate_every_sample_once(source):
+    """Evaluation sharding (pad_shards): 32 frames over 3 processes -> 11 samples each, nothing dropped;
+    the short shard's padding sample is marked valid=False; the factory's batches keep the flag."""
+    from data_pipelines.factory import _padded_batches
+
+    shards = [list(pipe(source, batch_size=1, shard_index=i, shard_count=3, num_epochs=1, shuffle=False,
+                        pad_shards=True)) for i in range(3)]
+    assert [len(s) for s in shards] == [11, 11, 11]
+    valid = [r for s in shards for b in s for r, v in zip(b["record"].tolist(), b["valid"].tolist()) if v]
+    assert sorted(valid) == list(range(len(source)))
+    assert [sum(not b["valid"][0] for b in s) for s in shards] == [0, 0, 1]  # 11 + 11 + 10 real samples
+    batches = list(_padded_batches(iter(pipe(source, batch_size=1, shard_index=2, shard_count=3, num_epochs=1,
+                                              shuffle=False, pad_shards=True)), 4))
+    assert [b["valid"].tolist() for b in batches] == [[True] * 4, [True] * 4, [True, True, False, False]]
+    with pytest.raises(ValueError, match="pad_shards is for evaluation"):
+        pipe(source, batch_size=1, shard_index=0, shard_count=3, pad_shards=True)
+
+
 def test_epochs_reshuffle_and_cover_everything(source):
     it = pipe(source, batch_size=8, num_epochs=2, seed=4)
     recs = _records_of(it)
