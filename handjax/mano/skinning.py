@@ -107,18 +107,24 @@ def joints_from_betas(model: ManoModel, betas: jnp.ndarray) -> jnp.ndarray:
     return j_template + jnp.einsum("jck,...k->...jc", j_dirs, betas)
 
 
-def blend_shapes_and_poses(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray) -> jnp.ndarray:
+def blend_shapes_and_poses(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray, vertex_ids=None
+                           ) -> jnp.ndarray:
     """v_template + shape_blend + pose_correctives as ONE product [betas | pose_features] @ [shapedirs | posedirs]^T.
 
     Equal to ``shape_blend(model, betas) + pose_correctives(model, rotmats)``; one (N, 10 + 135) @
-    (10 + 135, V*3) product instead of two that each write a (N, V, 3) array. -> (..., V, 3).
+    (10 + 135, V*3) product instead of two that each write a (N, V, 3) array. ``vertex_ids``: only
+    these vertices. -> (..., V, 3).
     """
     betas = betas[..., : model.num_betas]
     coeff = jnp.concatenate([betas, pose_features(rotmats)], axis=-1)
     dirs = jnp.concatenate([model.shapedirs[..., : betas.shape[-1]], model.posedirs], axis=-1)  # (V, 3, K)
+    template = model.v_template
+    if vertex_ids is not None:
+        ids = jnp.asarray(vertex_ids)
+        dirs, template = dirs[ids], template[ids]
     num_verts = dirs.shape[0]
     offsets = coeff @ dirs.reshape(num_verts * 3, -1).T
-    return model.v_template + offsets.reshape(coeff.shape[:-1] + (num_verts, 3))
+    return template + offsets.reshape(coeff.shape[:-1] + (num_verts, 3))
 
 
 # XLA-CPU: large batches are skinned in chunks whose intermediates ((chunk, V, 12) blended transforms,
@@ -173,10 +179,9 @@ def lbs_subset(model: ManoModel, rotmats: jnp.ndarray, betas: jnp.ndarray, verte
 
     Returns (vertices (..., len(ids), 3), global transforms).
     """
-    ids = jnp.asarray(vertex_ids)
-    betas = betas[..., : model.num_betas]
+    betas = jnp.broadcast_to(betas, rotmats.shape[:-3] + betas.shape[-1:])
     joints = joints_from_betas(model, betas)
-    v_sub = model.v_template[ids] + jnp.einsum("vck,...k->...vc", model.shapedirs[ids][..., : betas.shape[-1]], betas)
-    v_sub = v_sub + jnp.einsum("vck,...k->...vc", model.posedirs[ids], pose_features(rotmats))
+    v_sub = blend_shapes_and_poses(model, rotmats, betas, vertex_ids)
     rot, trans = forward_kinematics_rt(rotmats, joints, model.parents)
-    return skin(model.lbs_weights[ids], skinning_transforms(rot, trans, joints), v_sub), make_transform(rot, trans)
+    weights = model.lbs_weights[jnp.asarray(vertex_ids)]
+    return skin(weights, skinning_transforms(rot, trans, joints), v_sub), make_transform(rot, trans)
