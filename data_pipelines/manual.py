@@ -57,7 +57,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -364,6 +364,23 @@ def prepare(builder, manual_dir: Union[str, os.PathLike], *, overwrite: bool = F
         config = tfds.download.DownloadConfig(manual_dir=os.fspath(Path(manual_dir).expanduser()))
         builder.download_and_prepare(download_config=config)
     return os.fspath(builder.data_path)
+
+
+def build_parser(name: str, doc: str, *, manual_help: str, configs: Sequence[str], default_config: str,
+                 config_help: Optional[str] = None, skip_help: str = "skip (and report) samples whose files are "
+                 "corrupt or missing", manual_required: bool = False):
+    """The argument parser every ``python -m data_pipelines.<name>.build`` starts from:
+    --manual_dir, --data_dir, --config, --skip_corrupt, --overwrite (add dataset-specific ones to it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{name}.build", description=doc.split("\n\n")[0])
+    parser.add_argument("--manual_dir", required=manual_required, default=None, help=manual_help)
+    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
+                                                         "~/tensorflow_datasets)")
+    parser.add_argument("--config", default=default_config, choices=list(configs), help=config_help)
+    parser.add_argument("--skip_corrupt", action="store_true", help=skip_help)
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    return parser
 
 
 def build_and_report(builder, manual_dir: Union[str, os.PathLike], *, overwrite: bool = False,

@@ -21,18 +21,12 @@ from .dexycb_dataset_builder import BASE_CONFIGS, NAME, get_builder
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{NAME}.build",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manual_dir", default=None, help="the extracted DexYCB download ($DEX_YCB_DIR)")
-    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
-                                                         "~/tensorflow_datasets)")
-    parser.add_argument("--config", default="s0", choices=sorted(BASE_CONFIGS), help="toolkit setup")
-    parser.add_argument("--skip_corrupt", action="store_true",
-                        help="skip (and report) samples whose image or label file is corrupt")
+    parser = manual.build_parser(NAME, __doc__, manual_help="the extracted DexYCB download ($DEX_YCB_DIR)",
+                                 configs=sorted(BASE_CONFIGS), default_config="s0", config_help="toolkit setup",
+                                 skip_help="skip (and report) samples whose image or label file is corrupt")
     parser.add_argument("--sequences_per_subject", type=int, default=None,
                         help=f"debug subset: first N of the {layout.SEQUENCES_PER_SUBJECT} sequences of each subject")
     parser.add_argument("--serials", default=None, help="debug subset: comma-separated camera serials")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
     return parser.parse_args(argv)
 
 

@@ -21,15 +21,10 @@ from .fphab_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{NAME}.build",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manual_dir", default=None, help="the extracted FPHAB download")
-    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
-                                                         "~/tensorflow_datasets)")
-    parser.add_argument("--config", default="hand_object_480", choices=[c.name for c in BUILDER_CONFIGS])
-    parser.add_argument("--skip_corrupt", action="store_true",
-                        help="skip (and report) frames whose image or annotation file is corrupt or missing")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    parser = manual.build_parser(NAME, __doc__, manual_help="the extracted FPHAB download",
+                                 configs=[c.name for c in BUILDER_CONFIGS], default_config="hand_object_480",
+                                 skip_help="skip (and report) frames whose image or annotation file is corrupt "
+                                           "or missing")
     return parser.parse_args(argv)
 
 

@@ -22,14 +22,9 @@ from .freihand_dataset_builder import BASE_CONFIGS, NAME, get_builder
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_pipelines.freihand.build",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manual_dir", required=True, help="folder with the unzipped FreiHAND download")
-    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
-                                                         "~/tensorflow_datasets)")
-    parser.add_argument("--config", default="default", choices=sorted(BASE_CONFIGS))
-    parser.add_argument("--skip_corrupt", action="store_true", help="skip and report samples with corrupt files")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    parser = manual.build_parser("freihand", __doc__, manual_help="folder with the unzipped FreiHAND download",
+                                 configs=sorted(BASE_CONFIGS), default_config="default", manual_required=True,
+                                 skip_help="skip and report samples with corrupt files")
     return parser.parse_args(argv)
 
 

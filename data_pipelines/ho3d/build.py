@@ -23,14 +23,10 @@ from .ho3d_dataset_builder import BASE_CONFIGS, NAME, get_builder
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_pipelines.ho3d.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manual_dir", required=True, help="the unzipped HO3D_v2 / HO3D_v3 folder")
-    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
-                                                         "~/tensorflow_datasets)")
-    parser.add_argument("--config", default="v2", choices=sorted(BASE_CONFIGS), help="dataset release")
+    parser = manual.build_parser("ho3d", __doc__, manual_help="the unzipped HO3D_v2 / HO3D_v3 folder",
+                                 configs=sorted(BASE_CONFIGS), default_config="v2", config_help="dataset release",
+                                 manual_required=True, skip_help="skip and report frames with corrupt files")
     parser.add_argument("--mano_model", default=None, help="MANO right-hand model (pkl/npz) to store vertices")
-    parser.add_argument("--skip_corrupt", action="store_true", help="skip and report frames with corrupt files")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
     return parser.parse_args(argv)
 
 

@@ -23,18 +23,12 @@ from .interhand_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{NAME}.build",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manual_dir", default=None, help="the extracted InterHand2.6M download")
-    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
-                                                         "~/tensorflow_datasets)")
-    parser.add_argument("--config", default="5fps_hm", choices=[c.name for c in BUILDER_CONFIGS])
-    parser.add_argument("--skip_corrupt", action="store_true",
-                        help="skip (and report) samples whose image or annotation is corrupt or missing")
+    parser = manual.build_parser(NAME, __doc__, manual_help="the extracted InterHand2.6M download",
+                                 configs=[c.name for c in BUILDER_CONFIGS], default_config="5fps_hm",
+                                 skip_help="skip (and report) samples whose image or annotation is corrupt or missing")
     parser.add_argument("--mano_dir", default=None, help="folder with the official MANO_{RIGHT,LEFT}.pkl")
     parser.add_argument("--no_fix_left_shapedirs", action="store_true",
                         help="do not apply InterHand2.6M's left-hand shapedirs fix")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
     parser.add_argument("--help_layout", action="store_true", help="print the expected download layout")
     return parser.parse_args(argv)
 
