@@ -115,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--matmul-precision", default=None, help="jax_default_matmul_precision")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--skip-jax", action="store_true")
+    p.add_argument("--conv-impl", nargs="+", default=["auto"], choices=["auto", "winograd", "xla"],
+                   help="ResNet conv_impl value(s) to time (3x3 / stride-1 convolutions; 'auto' = Winograd on CPU)")
     return p.parse_args(argv)
 
 
@@ -140,7 +142,7 @@ def configure_xla(args: argparse.Namespace) -> str:
 
 
 # ----------------------------------------------------------------------------- JAX side
-def make_jax_step(depth: int, args: argparse.Namespace):
+def make_jax_step(depth: int, args: argparse.Namespace, conv_impl: str = "auto"):
     """Returns (step, state, x, y): ``state, loss = step(state, x, y)`` with donated state."""
     import jax
     import jax.numpy as jnp
@@ -153,7 +155,7 @@ def make_jax_step(depth: int, args: argparse.Namespace):
 
     class Regressor(nnx.Module):
         def __init__(self, rngs: nnx.Rngs):
-            self.backbone = ResNet(depth, rngs=rngs, dtype=dtype)
+            self.backbone = ResNet(depth, rngs=rngs, dtype=dtype, conv_impl=conv_impl)
             f = self.backbone.num_features
             self.fc1 = nnx.Linear(f, HEAD_HIDDEN, rngs=rngs, dtype=dtype)
             self.fc2 = nnx.Linear(HEAD_HIDDEN, N_OUT, rngs=rngs, dtype=dtype)
@@ -183,12 +185,12 @@ def make_jax_step(depth: int, args: argparse.Namespace):
 
 
 class JaxRunner:
-    def __init__(self, depth, args):
+    def __init__(self, depth, args, conv_impl: str = "auto"):
         import jax
 
         self._jax = jax
         t0 = time.perf_counter()
-        self.step, self.state, self.x, self.y = make_jax_step(depth, args)
+        self.step, self.state, self.x, self.y = make_jax_step(depth, args, conv_impl)
         self.state, loss = self.step(self.state, self.x, self.y)
         jax.block_until_ready(loss)
         self.compile_s = time.perf_counter() - t0
@@ -283,7 +285,8 @@ def main(argv=None) -> None:
     for depth in args.depth:
         runners = {}
         if not args.skip_jax:
-            runners["jax"] = JaxRunner(depth, args)
+            for impl in args.conv_impl:
+                runners["jax" if impl == "auto" else f"jax-{impl}"] = JaxRunner(depth, args, impl)
         if not args.skip_torch:
             for t in args.torch_threads:
                 r = TorchRunner(depth, args, t or default_threads)
@@ -293,16 +296,16 @@ def main(argv=None) -> None:
         for name, r in runners.items():
             rows.append((depth, name, med[name] * 1e3, args.batch / med[name], min(wall[name]) * 1e3,
                          statistics.median(cpu[name]) * 1e3, r.compile_s))
-        if "jax" in med:
+        for jname in [n for n in med if n.startswith("jax")]:
             for name in med:
-                if name != "jax":
-                    rows.append((depth, f"jax/{name}", None, med[name] / med["jax"], None, None, None))
-    print(f"\n{'depth':>5} {'runner':>14} {'ms/step':>9} {'images/s':>9} {'best ms':>9} {'cpu ms':>9} {'setup s':>8}")
+                if name.startswith("torch"):
+                    rows.append((depth, f"{jname}/{name}", None, med[name] / med[jname], None, None, None))
+    print(f"\n{'depth':>5} {'runner':>20} {'ms/step':>9} {'images/s':>9} {'best ms':>9} {'cpu ms':>9} {'setup s':>8}")
     for depth, name, ms, ips, best, cpu_ms, setup in rows:
         if ms is None:
-            print(f"{depth:>5} {name:>14} {'':>9} {ips:>8.2f}x   (speed ratio, median wall)")
+            print(f"{depth:>5} {name:>20} {'':>9} {ips:>8.2f}x   (speed ratio, median wall)")
         else:
-            print(f"{depth:>5} {name:>14} {ms:>9.1f} {ips:>9.2f} {best:>9.1f} {cpu_ms:>9.1f} {setup:>8.1f}")
+            print(f"{depth:>5} {name:>20} {ms:>9.1f} {ips:>9.2f} {best:>9.1f} {cpu_ms:>9.1f} {setup:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def get_config(arg=None):
                                contrast=0.4, saturation=0.4, hue=0.05))
     # camera_scale: x0's weak-perspective scale; ~2 / crop side in metres (TempCLR's 0.9 is replaced by a
     # released checkpoint's mean_param, but training from scratch needs a hand-sized start).
-    c.model = dict(depth=18, num_stages=3, hidden=(1024, 1024), projection=(512, 128), bf16=False, camera_scale=8.0)
+    # conv_impl: 3x3 / stride-1 convolutions as "winograd", "xla", or "auto" (Winograd on CPU, XLA on GPU/TPU)
+    c.model = dict(depth=18, num_stages=3, hidden=(1024, 1024), projection=(512, 128), bf16=False, camera_scale=8.0,
+                   conv_impl="auto")
     common = dict(log_every=50, checkpoint_every=200, keep_checkpoints=2, summary_every=0)
     # Sized for ~15 minutes on 2 CPU cores including data generation (a pretrain step sees 2 x batch_size crops).
     c.pretrain = dict(num_steps=400, batch_size=16, temperature=0.5, equivariance=False,

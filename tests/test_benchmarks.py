@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -14,3 +16,14 @@ def test_mano_bench_runs_and_prints_ratios():
     assert out.returncode == 0, out.stderr[-3000:]
     rows = re.findall(r"^\s+8\s+(forward|fwd\+bwd)\s+[\d,]+\s+[\d,]+\s+[\d.]+x$", out.stdout, re.M)
     assert rows == ["forward", "fwd+bwd"], out.stdout
+
+
+def test_train_step_bench_runs_and_prints_ratios():
+    """ResNet-18 train step, Winograd ('auto') and XLA convolutions against torch, at toy size."""
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train_step_bench.py"), "--depth", "18",
+                          "--batch", "2", "--size", "32", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                          "--torch-threads", "1", "--conv-impl", "auto", "xla"],
+                         capture_output=True, text=True, timeout=600, env=dict(os.environ, XLA_FLAGS=""))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "jax/torch/1t" in out.stdout and "jax-xla/torch/1t" in out.stdout, out.stdout

@@ -219,7 +219,7 @@ def test_max_pool_values_and_first_max_gradient(hw):
     assert not np.allclose(np.asarray(res["split"][1]), nhwc(xt.grad), atol=1e-6)
 
 
-@pytest.mark.parametrize("k,stride,hw", [(1, 1, (6, 6)), (1, 2, (7, 6)), (3, 2, (7, 6)), (7, 2, (9, 8))])
+@pytest.mark.parametrize("k,stride,hw", [(1, 1, (6, 6)), (1, 2, (7, 6)), (3, 1, (7, 6)), (3, 2, (7, 6)), (7, 2, (9, 8))])
 def test_torch_conv_matches_lax_conv(k, stride, hw):
     """TorchConv (1x1 as a matmul) equals a symmetric-padded lax conv, values and gradients."""
     conv = TorchConv(4, 5, k, stride, rngs=nnx.Rngs(0), dtype=None, param_dtype=jnp.float32, precision="highest")

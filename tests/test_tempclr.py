@@ -253,3 +253,22 @@ def test_unknown_loss_weight_in_config_fails_before_training(tmp_path):
 
     with pytest.raises(ValueError, match=r"finetune\.loss_weights\.pose: no such loss term"):
         recipe.run(cfg, str(tmp_path), data)
+
+
+def test_conv_impl_from_config():
+    """model.conv_impl reaches the backbone ('xla' and the CPU default 'auto' agree); a bad value names the key."""
+    from configs.tempclr import get_config
+
+    cfg = get_config("size=tiny")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, S, S, 3)), jnp.float32)
+    outs = {}
+    for impl in ("xla", "auto"):
+        cfg.model.conv_impl = impl
+        model = recipe.build_model(cfg, with_projection=False)
+        assert model.backbone.layer1[0].conv2.conv_impl == impl
+        model.eval()
+        outs[impl] = np.asarray(model(x)[-1])
+    np.testing.assert_allclose(outs["auto"], outs["xla"], rtol=1e-4, atol=1e-4)
+    cfg.model.conv_impl = "fft"
+    with pytest.raises(ValueError, match=r"model\.conv_impl must be one of"):
+        recipe.build_model(cfg, with_projection=False)

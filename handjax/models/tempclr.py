@@ -94,8 +94,8 @@ class TempCLRModel(nnx.Module):
 
     def __init__(self, *, depth: int = 50, rngs: nnx.Rngs, num_stages: int = 3,
                  hidden: Sequence[int] = (1024, 1024), projection: Optional[Sequence[int]] = None,
-                 dtype=jnp.float32, camera_scale: float = 0.9):
-        self.backbone = ResNet(depth, rngs=rngs, dtype=dtype)
+                 dtype=jnp.float32, camera_scale: float = 0.9, conv_impl: str = "auto"):
+        self.backbone = ResNet(depth, rngs=rngs, dtype=dtype, conv_impl=conv_impl)
         feat = self.backbone.num_features
         self.regressor = IterativeRegressor(feat, rngs=rngs, hidden=hidden, num_stages=num_stages, dtype=dtype,
                                             camera_scale=camera_scale)

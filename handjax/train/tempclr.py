@@ -24,6 +24,7 @@ from handjax.eval import protocols
 from handjax.geometry import axis_angle_to_matrix
 from handjax.losses import (keypoint_l1, nt_xent, param_mse, root_relative, undo_equivariance,
                             weighted_sum, window_pairs)
+from handjax.models import CONV_IMPLS
 from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
 from handjax.train.checkpoint import is_model_checkpoint
 from handjax.train.loop import Task, global_batch, make_mesh, replicate, restore_model, train
@@ -34,10 +35,12 @@ FINETUNE_TERMS = ("joints2d", "joints3d", "vertices", "wrist_pose", "hand_pose",
 
 def build_model(cfg, with_projection: bool, seed: int = 0) -> TempCLRModel:
     m = cfg.model
+    if m.get("conv_impl", "auto") not in CONV_IMPLS:
+        raise ValueError(f"config model.conv_impl must be one of {CONV_IMPLS}, got {m.conv_impl!r}")
     return TempCLRModel(depth=int(m.depth), rngs=nnx.Rngs(seed), num_stages=int(m.num_stages),
                         hidden=tuple(m.hidden), projection=tuple(m.projection) if with_projection else None,
                         dtype=jnp.bfloat16 if m.get("bf16", False) else jnp.float32,
-                        camera_scale=float(m.get("camera_scale", 0.9)))
+                        camera_scale=float(m.get("camera_scale", 0.9)), conv_impl=str(m.get("conv_impl", "auto")))
 
 
 def pretrain_loss(model, batch, rng, *, temperature: float, equivariance: bool):
