@@ -115,6 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--matmul-precision", default=None, help="jax_default_matmul_precision")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--skip-jax", action="store_true")
+    p.add_argument("--malloc", default="keep", choices=["keep", "default"],
+                   help="glibc malloc: 'keep' freed memory (handjax.host_memory, as handjax.main does) or "
+                        "glibc's 'default'; applies to both frameworks (same process)")
     p.add_argument("--conv-impl", nargs="+", default=["auto"], choices=["auto", "winograd", "xla"],
                    help="ResNet conv_impl value(s) to time (3x3 / stride-1 convolutions; 'auto' = Winograd on CPU)")
     return p.parse_args(argv)
@@ -267,8 +270,12 @@ def time_rounds(runners: dict, args) -> tuple[dict, dict]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     pin_cores(args.cores)
-    flags = configure_xla(args)
     sys.path.insert(0, str(REPO))
+    from handjax import host_memory  # does not import jax
+
+    os.environ["HANDJAX_MALLOC"] = args.malloc
+    malloc_kept = host_memory.keep_freed_memory()  # before jax and torch allocate
+    flags = configure_xla(args)
     import jax
     import torch
 
@@ -278,7 +285,7 @@ def main(argv=None) -> None:
 
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}, "
           f"cores={len(os.sched_getaffinity(0))}/{os.cpu_count()}, load avg={os.getloadavg()[0]:.1f}")
-    print(f"XLA_FLAGS={flags!r}")
+    print(f"XLA_FLAGS={flags!r}, malloc={args.malloc} (freed memory kept: {malloc_kept})")
     print(f"batch={args.batch}, size={args.size}, jax dtype={args.dtype}, torch channels_last="
           f"{args.torch_channels_last}, rounds={args.rounds} x {args.steps} steps (+{args.warmup} warm-up)")
     rows = []

@@ -9,7 +9,8 @@ Multi-process (one command per process; see ``handjax.distributed`` and ``launch
       --coordinator_address=host0:12345 --num_processes=2 --process_id=0|1
 
 (or the ``HANDJAX_*`` environment variables; SLURM and Cloud TPU pods are detected without
-them). Only process 0 prints progress and writes config.json / results.json / TensorBoard
+them). ``HANDJAX_MALLOC=default`` keeps glibc's default allocator behaviour (see
+``handjax.host_memory``); ``HANDJAX_COMPILATION_CACHE=off`` disables the compilation cache. Only process 0 prints progress and writes config.json / results.json / TensorBoard
 files; checkpoints are written by all processes together.
 
 Exit codes: 0 done; 75 (``handjax.distributed.PREEMPTED_EXIT_CODE``) stopped on a
@@ -60,6 +61,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, tfds) out of the progress lines
+    from handjax import host_memory
+
+    host_memory.keep_freed_memory()  # before jax: XLA-CPU's per-step buffers are reused, not re-faulted
     from handjax import distributed
 
     try:  # before any other JAX use
