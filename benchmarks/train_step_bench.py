@@ -12,13 +12,54 @@ ms/step (all threads; equals wall when a runner gets one core), setup time.
     .venv/bin/python benchmarks/train_step_bench.py --depth 18 --batch 8 --size 224
     .venv/bin/python benchmarks/train_step_bench.py --cores 1       # both pinned to one core
     .venv/bin/python benchmarks/train_step_bench.py --xla-flags="--xla_cpu_multi_thread_eigen=false"
+    .venv/bin/python benchmarks/train_step_bench.py --conv-impl auto xla --malloc default   # ablations
 
-Defaults: no extra XLA flags (DEFAULT_XLA_FLAGS is empty on purpose: none of the
-flags below beat jaxlib 0.10.2's defaults, which already run convolutions and
-dots through YNNPACK), float32, NHWC; torch is timed with its default thread
-count (= cores, "parity") and with 1 thread.
+Defaults: the model as handjax trains it (ResNet ``conv_impl="auto"``: Winograd 3x3
+convolutions on CPU), freed host memory kept as ``handjax.main`` does
+(``--malloc keep``, handjax.host_memory; set before either framework starts, so it
+applies to torch too), no extra XLA flags (DEFAULT_XLA_FLAGS is empty on purpose:
+none of the flags below beat jaxlib 0.10.2's defaults, which already run
+convolutions and dots through YNNPACK), float32, NHWC; torch is timed with its
+default thread count (= cores, "parity") and with 1 thread.
 
-Experiments (2-core AVX2 VM shared with other jobs, load average 4-9; ResNet-18,
+What moved the ratio to >= 1.0x (2-core AMD EPYC VM with AVX-512, quiet; third session):
+
+  1. Winograd 3x3 convolutions (handjax.models.winograd, conv_impl="auto"): F(4x4, 3x3)
+     on maps >= 16^2 and F(2x2, 3x3) below, as transforms (fused adds over strided
+     slices) + batched GEMMs, with a Winograd custom VJP (dU = V^T dM, dV = dM U^T).
+     Per stride-1 3x3 convolution of ResNet-18 (batch 16, value + both gradients):
+     32^2x64 24.7 -> 8.9 ms, 16^2x128 12.8 -> 6.0, 8^2x256 12.4 -> 7.8, 4^2x512 18.1 -> 9.0.
+     Whole step: 0.75-0.79x -> 0.98-1.08x. Getting there took three fixes measured per
+     layer: build the transforms as one stack of lincombs per separable pass (16
+     separate fusions + a concatenate were 2x slower), the weight transform as one
+     (a^2, 9) @ (9, C_in*C_out) GEMM (an einsum with the 3x3 factors was 30x slower at
+     512 channels), and the input gradient through the adjoint input transform
+     (dM U^T) instead of a second Winograd convolution with the flipped, transposed
+     kernel (the (3,3,512,512) transpose alone cost ~9 ms).
+  2. Keeping freed host memory (handjax.host_memory): XLA-CPU allocates each step's
+     ~300 MB temporary buffer afresh and glibc mmaps/unmaps it, so every step took
+     74,000 minor page faults and ~150 ms of kernel CPU time. mallopt (one arena, no
+     mmap, no trim) -> ~0 faults; step ~380 -> ~310 ms; torch unchanged; peak RSS
+     unchanged (2.0 GB). (GLIBC_TUNABLES=glibc.malloc.hugetlb=1 has a similar effect
+     via transparent huge pages, but only as an environment variable at start-up.)
+
+  Not useful: stride-2 3x3 and the 7x7 stem as im2col + GEMM (stem 2x slower; stride-2
+  layers within noise), --xla_cpu_prefer_vector_width=512 (+8 %), the concurrency-
+  optimised scheduler off (noise).
+
+Results at the defaults, third session (ResNet-18 / ResNet-50, batch 16, 128^2; runs
+of the whole script, median ms/step; "ablation" runs add --conv-impl auto xla in the
+same process, which makes both JAX runners a little noisier):
+
+  run                        depth  jax (auto)  jax-xla  torch/2t  jax/torch  jax-xla/torch
+  defaults                   18          307.6       -      366.1     1.19x        -
+  defaults                   50         1015.2       -     1117.0     1.10x        -
+  ablation, malloc keep      18          379.0    549.1     443.1     1.17x      0.81x
+  ablation, malloc keep      50          960.8   1101.6    1057.5     1.10x      0.96x
+  ablation, malloc default   18          373.4    494.0     382.1     1.02x      0.77x
+  ablation, malloc default   50         1163.3   1307.4    1183.1     1.02x      0.90x
+
+Earlier experiments (first two sessions; 2-core AVX2 VM shared with other jobs, load average 4-9; ResNet-18,
 16 x 128 x 128; "CPU ms" = process CPU time per step on one core, the most
 stable measure here; A/B pairs were interleaved in one process):
 
@@ -48,7 +89,8 @@ stable measure here; A/B pairs were interleaved in one process):
   torch side: channels_last                                torch -5 %
   torch side: 2 threads vs 1 thread under load             torch 3-7x SLOWER (OpenMP barriers stall when a core is taken)
 
-Results at the defaults (two runs of the whole script, same machine):
+Results of the second session (before Winograd and the allocator setting; AVX2 VM;
+two runs of the whole script):
 
   run / depth          runner     ms/step  images/s  CPU ms   JAX/runner
   A (quiet) 18         jax           480     33.4      809
@@ -64,10 +106,11 @@ Results at the defaults (two runs of the whole script, same machine):
   B (busy)  50         torch/2t    10880      1.5    10806     4.90x
   B (busy)  50         torch/1t     1886      8.5     1821     0.85x
 
-Split of the gap (ResNet-18, 16 x 128^2, train-mode BN, 2 cores): forward 150 vs 115 ms
-(0.77x), backward alone 328 vs 198 ms (0.60x); per convolution XLA's input- and
-weight-gradient kernels cost about one forward each, so the gap is per-kernel
-efficiency of the CPU convolution library, not the formulation.
+Split of the gap in the second session (ResNet-18, 16 x 128^2, train-mode BN, 2 cores):
+forward 150 vs 115 ms (0.77x), backward alone 328 vs 198 ms (0.60x); per convolution
+XLA's input- and weight-gradient kernels cost about one forward each. The conclusion
+then, that only a better convolution library could close the gap, was wrong: changing
+the algorithm (Winograd, above) and the allocator behaviour closed it.
 
 With both cores free (run A, ResNet-18) JAX reaches 0.76x of PyTorch (the starting
 point quoted for a linen ResNet-18 was about 0.45x; the max-pool and 1x1 changes cut
