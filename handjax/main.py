@@ -9,9 +9,11 @@ Multi-process (one command per process; see ``handjax.distributed`` and ``launch
       --coordinator_address=host0:12345 --num_processes=2 --process_id=0|1
 
 (or the ``HANDJAX_*`` environment variables; SLURM and Cloud TPU pods are detected without
-them). ``HANDJAX_MALLOC=default`` keeps glibc's default allocator behaviour (see
-``handjax.host_memory``); ``HANDJAX_COMPILATION_CACHE=off`` disables the compilation cache. Only process 0 prints progress and writes config.json / results.json / TensorBoard
+them). Only process 0 prints progress and writes config.json / results.json / TensorBoard
 files; checkpoints are written by all processes together.
+
+``HANDJAX_MALLOC=default`` keeps glibc's default allocator behaviour (see
+``handjax.host_memory``); ``HANDJAX_COMPILATION_CACHE=off`` disables the compilation cache.
 
 Exit codes: 0 done; 75 (``handjax.distributed.PREEMPTED_EXIT_CODE``) stopped on a
 preemption notice (SIGTERM) after writing a checkpoint: run the same command to resume.

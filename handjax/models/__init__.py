@@ -11,4 +11,5 @@ from handjax.models.resnet import (
 )
 from handjax.models.winograd import winograd_conv3x3
 
-__all__ = ["CONV_IMPLS", "RESNET_SPECS", "BasicBlock", "Bottleneck", "ResNet", "TorchBatchNorm", "TorchConv", "max_pool_3x3_s2", "winograd_conv3x3"]
+__all__ = ["CONV_IMPLS", "RESNET_SPECS", "BasicBlock", "Bottleneck", "ResNet", "TorchBatchNorm", "TorchConv",
+           "max_pool_3x3_s2", "winograd_conv3x3"]

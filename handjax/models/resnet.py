@@ -73,7 +73,8 @@ from jax import lax
 
 from handjax.models.winograd import winograd_conv3x3
 
-__all__ = ["BasicBlock", "Bottleneck", "CONV_IMPLS", "ResNet", "TorchBatchNorm", "TorchConv", "RESNET_SPECS", "max_pool_3x3_s2"]
+__all__ = ["BasicBlock", "Bottleneck", "CONV_IMPLS", "ResNet", "TorchBatchNorm", "TorchConv", "RESNET_SPECS",
+           "max_pool_3x3_s2"]
 
 # depth -> (block class name, blocks per stage)
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -205,7 +206,7 @@ class TorchConv(nnx.Conv):
 
     ``conv_impl`` picks the algorithm of 3x3 / stride-1 convolutions (all others
     use XLA's convolution): ``"winograd"`` (``handjax.models.winograd``, Winograd
-    F(4x4 or 2x2, 3x3) with matrix products; 1.7-2.6x faster than XLA's direct
+    F(4x4 or 2x2, 3x3) with matrix products; 1.6-2.8x faster than XLA's direct
     convolution on CPU), ``"xla"`` (``lax.conv_general_dilated``), or ``"auto"``:
     Winograd when tracing for the CPU backend in float32/float64, XLA otherwise
     (GPU/TPU convolution libraries choose their own algorithms; bfloat16 is too

@@ -7,7 +7,7 @@ Convolutional Neural Networks", CVPR 2016; also what cuDNN and oneDNN use) compu
 an m x m output tile from an (m+2) x (m+2) input tile with (m+2)^2 instead of 9 m^2
 multiplications per channel pair, and its channel sums are plain matrix products,
 which XLA-CPU runs near peak. Measured on a 2-core AVX-512 CPU (ResNet-18 layer
-shapes at batch 16, 128^2 images, value + both gradients): 1.7-2.6x faster than
+shapes at batch 16, 128^2 images, value + both gradients): 1.6-2.8x faster than
 ``lax.conv_general_dilated``; see benchmarks/train_step_bench.py.
 
 Math, for one tile ``d`` ((m+2)^2 input pixels, one channel) and kernel ``g`` (3x3):
@@ -265,7 +265,9 @@ def winograd_conv3x3(x: jax.Array, kernel: jax.Array, *, tile: int | None = None
             f"got input {x.shape} and kernel {kernel.shape}"
         )
     if x.dtype != kernel.dtype or not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"winograd_conv3x3: input and kernel need one floating dtype, got {x.dtype} and {kernel.dtype}")
+        raise ValueError(
+            f"winograd_conv3x3: input and kernel need one floating dtype, got {x.dtype} and {kernel.dtype}"
+        )
     m = choose_tile(x.shape[1], x.shape[2]) if tile is None else tile
     if m not in TILES:
         raise ValueError(f"winograd_conv3x3: tile must be one of {sorted(TILES)} or None, got {tile!r}")
