@@ -159,8 +159,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--skip-jax", action="store_true")
     p.add_argument("--malloc", default="keep", choices=["keep", "default"],
-                   help="glibc malloc: 'keep' freed memory (handjax.host_memory, as handjax.main does) or "
-                        "glibc's 'default'; applies to both frameworks (same process)")
+                   help="glibc malloc: 'keep' freed memory (handjax.host_memory, what handjax.main does when JAX "
+                        "runs on the CPU) or glibc's 'default'; applies to both frameworks (same process)")
     p.add_argument("--conv-impl", nargs="+", default=["auto"], choices=["auto", "winograd", "xla"],
                    help="ResNet conv_impl value(s) to time (3x3 / stride-1 convolutions; 'auto' = Winograd on CPU)")
     return p.parse_args(argv)
