@@ -290,6 +290,20 @@ def test_joint_shape_space_equals_regressing_the_shaped_mesh(mano_files):
                                mano.regress_joints(model, mano.shape_blend(model, betas)), atol=1e-6)
 
 
+def test_fused_blend_equals_the_step_functions(mano_files):
+    """blend_shapes_and_poses (one GEMM) = v_template + shape_blend + pose_correctives, also on a vertex subset."""
+    model = mano.load_model(mano_files[1])
+    rng = np.random.default_rng(3)
+    betas = jnp.asarray(rng.normal(0, 2, (2, 3, 10)), jnp.float32)
+    rot = axis_angle_to_matrix(jnp.asarray(rng.normal(0, 0.6, (2, 3, 16, 3)), jnp.float32))
+    steps = mano.shape_blend(model, betas) + mano.pose_correctives(model, rot)
+    fused = mano.blend_shapes_and_poses(model, rot, betas)
+    assert fused.shape == (2, 3, 778, 3)
+    np.testing.assert_allclose(fused, steps, atol=1e-5)
+    ids = [744, 320, 0, 777]
+    np.testing.assert_allclose(mano.blend_shapes_and_poses(model, rot, betas, ids), steps[..., ids, :], atol=1e-5)
+
+
 def test_chunked_skinning_matches_smplx_and_whole_batch(mano_files):
     """lbs in lax.map chunks (the large-batch XLA-CPU path; 8 = 3 + 3 + 2 padded) equals smplx and
     the whole-batch path (to float32 rounding: the fusions differ), for vertices, joints, extra leading

@@ -118,8 +118,8 @@ def _model(seed=0):
 
 def _loss(hand):
     return functools.partial(recipe.finetune_loss, mano_model=hand, remap=mano.joint_remap("tempclr", "freihand"),
-                             weights={"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "wrist_pose": 1.0, "hand_pose": 1.0,
-                                      "betas": 0.1},
+                             weights={"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "wrist_pose": 1.0,
+                                      "hand_pose": 1.0, "betas": 0.1},
                              image_size=S)
 
 
@@ -226,6 +226,7 @@ def test_pipeline_labels_are_reachable_by_the_regressor(hand, tmp_path_factory):
                              weights={"joints2d": 1.0, "joints3d": 1.0, "vertices": 1.0, "wrist_pose": 1.0,
                                       "hand_pose": 1.0, "betas": 1.0}, image_size=S)
     _, good = loss(Fixed(ideal), batch, None)
+    assert set(good) == set(recipe.FINETUNE_TERMS)  # the config check's list is the loss's terms
     _, mean = loss(Fixed(np.tile(np.asarray(default_mean_param(8.0)), (8, 1))), batch, None)
     # TempCLR's fingertip vertices differ from FreiHAND's (the labels'): a few mm on 5 of 21 joints
     assert float(good["joints3d"]) < 1.5e-3 and float(good["vertices"]) < 1.5e-3, good

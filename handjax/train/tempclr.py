@@ -35,12 +35,13 @@ FINETUNE_TERMS = ("joints2d", "joints3d", "vertices", "wrist_pose", "hand_pose",
 
 def build_model(cfg, with_projection: bool, seed: int = 0) -> TempCLRModel:
     m = cfg.model
-    if m.get("conv_impl", "auto") not in CONV_IMPLS:
-        raise ValueError(f"config model.conv_impl must be one of {CONV_IMPLS}, got {m.conv_impl!r}")
+    conv_impl = m.get("conv_impl", "auto")
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"config model.conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
     return TempCLRModel(depth=int(m.depth), rngs=nnx.Rngs(seed), num_stages=int(m.num_stages),
                         hidden=tuple(m.hidden), projection=tuple(m.projection) if with_projection else None,
                         dtype=jnp.bfloat16 if m.get("bf16", False) else jnp.float32,
-                        camera_scale=float(m.get("camera_scale", 0.9)), conv_impl=str(m.get("conv_impl", "auto")))
+                        camera_scale=float(m.get("camera_scale", 0.9)), conv_impl=conv_impl)
 
 
 def pretrain_loss(model, batch, rng, *, temperature: float, equivariance: bool):
