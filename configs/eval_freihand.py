@@ -8,7 +8,7 @@ CodaLab ``pred.json`` (``eval.pred_json``, default ``<workdir>/pred.json``):
       --config.eval.checkpoint=/runs/tempclr_freihand/finetune --config.data.data_dir=/data/tfds
 
 ``eval.checkpoint``: a training workdir's ``finetune`` directory or a model-only checkpoint
-(``handjax.train.checkpoint.save_model``, e.g. a converted TempCLR release). The model is
+(``handjax.models.checkpoint.save_model``, e.g. a converted TempCLR release). The model is
 TempCLR's FreiHAND model: ResNet-50, MLP 1024-1024, 3 stages, 256x256 input made from the
 whole 224x224 image. ``data.manual_dir`` builds the dataset first if it is not built yet.
 

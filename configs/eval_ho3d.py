@@ -11,7 +11,7 @@ the order of ``evaluation.txt``):
       --config.eval.checkpoint=/runs/tempclr_ho3d/finetune --config.data.data_dir=/data/tfds
 
 ``eval.checkpoint``: a training workdir's ``finetune`` directory or a model-only checkpoint
-(``handjax.train.checkpoint.save_model``). The model is TempCLR's HO3D model: ResNet-18,
+(``handjax.models.checkpoint.save_model``). The model is TempCLR's HO3D model: ResNet-18,
 MLP 1024-1024, 3 stages, 256x256 crops of side 2 x the longer side of ``handBoundingBox``.
 
 Arguments (``configs/eval_ho3d.py:key=value,...``): version=v2|v3; size=default|tiny (tiny:

@@ -76,7 +76,7 @@ def main(argv):
     _enable_compilation_cache()
 
     from data_pipelines.factory import make_data_factory
-    from handjax.train.checkpoint import resolve_path
+    from handjax.models.checkpoint import resolve_path
     from handjax.train.loop import Preempted
 
     cfg = _CONFIG.value

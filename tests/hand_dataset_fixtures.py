@@ -237,7 +237,7 @@ def save_random_tempclr_model(cfg, directory, seed: int = 0) -> None:
     from flax import nnx
 
     from handjax.models.tempclr import default_mean_param
-    from handjax.train.checkpoint import save_model
+    from handjax.models.checkpoint import save_model
     from handjax.train.tempclr import build_model
 
     graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg, with_projection=False, seed=seed)))

@@ -43,7 +43,7 @@ from handjax.convert.tempclr import (  # noqa: E402
 from handjax.mano.builtin import builtin_mano_arrays  # noqa: E402
 from handjax.models.resnet import ResNet  # noqa: E402
 from handjax.models.tempclr import decode  # noqa: E402
-from handjax.train.checkpoint import load_model  # noqa: E402
+from handjax.models.checkpoint import load_model  # noqa: E402
 from torch_reference.resnet_torch import ResNet as TorchResNet  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

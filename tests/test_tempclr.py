@@ -179,7 +179,7 @@ def test_nonfinite_loss_stops_with_clear_message(hand, tmp_path):
 
 
 def test_model_only_checkpoint_roundtrip(tmp_path):
-    from handjax.train.checkpoint import save_model
+    from handjax.models.checkpoint import save_model
     from handjax.train.loop import restore_model
     src, dst = _model(seed=1), _model(seed=2)
     save_model(src, str(tmp_path / "m"), {"system": "tempclr", "depth": 18})

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "torchvision-resnet", help="torchvision ImageNet ResNet-18/34/50 weights (.pth)",
         description="Convert torchvision ResNet weights into a handjax ResNet checkpoint (fc dropped). Load it with "
-                    "handjax.train.checkpoint.load_model(ResNet(depth, rngs=nnx.Rngs(0)), <out>).")
+                    "handjax.models.checkpoint.load_model(ResNet(depth, rngs=nnx.Rngs(0)), <out>).")
     r.add_argument("--checkpoint", required=True, help="torchvision state dict file, e.g. resnet50-0676ba61.pth")
     r.add_argument("--depth", type=int, choices=(18, 34, 50), default=None,
                    help="ResNet depth; detected from the keys when omitted (must agree when given)")

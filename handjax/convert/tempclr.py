@@ -56,7 +56,7 @@ from handjax.convert.state_dict import ExtractReport, extract_state_dict
 from handjax.convert.torch_reader import LoadReport, PlaceholderWarning, load_torch_checkpoint
 from handjax.models.resnet import RESNET_SPECS, ResNet  # RESNET_SPECS: depth -> (block kind, blocks per stage)
 from handjax.models.tempclr import NUM_PARAMS, TempCLRModel
-from handjax.train.checkpoint import is_model_checkpoint, save_model
+from handjax.models.checkpoint import is_model_checkpoint, save_model
 
 POINTER_NAME = "latest_checkpoint"
 TEMPCLR_HIDDEN = (1024, 1024)
@@ -376,7 +376,7 @@ def convert_tempclr(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -
     holding that (see :func:`resolve_checkpoint`). Reads it without torch
     (non-tensor objects stay inert), takes the ``model`` state dict, detects
     the depth, fills a ``TempCLRModel(depth, hidden=(1024, 1024), 3 stages)``
-    strictly and writes it with ``handjax.train.checkpoint.save_model``, with
+    strictly and writes it with ``handjax.models.checkpoint.save_model``, with
     meta ``{'system': 'tempclr', 'depth', 'source', ...}`` and
     ``conversion_report.txt``. The result loads with
     ``handjax.train.loop.restore_model`` (config ``eval.checkpoint`` /
@@ -405,7 +405,7 @@ def convert_torchvision_resnet(checkpoint: str | os.PathLike, out_dir: str | os.
     ``module.`` prefix). depth: 18, 34 or 50, detected when None (a given
     depth must agree). ``fc.*`` is ignored (handjax's ResNet has no
     classifier). Load the result with
-    ``handjax.train.checkpoint.load_model(ResNet(depth, rngs=...), out_dir)``.
+    ``handjax.models.checkpoint.load_model(ResNet(depth, rngs=...), out_dir)``.
     """
     path = os.path.abspath(os.fspath(checkpoint))
     if os.path.isdir(path):

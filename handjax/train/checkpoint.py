@@ -21,7 +21,6 @@ new shards (deterministic: the same seeds as a fresh run with that process count
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Any, Optional
 
@@ -31,16 +30,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from handjax.distributed import barrier, is_main
+from handjax.models.checkpoint import resolve_path
 
 COMMIT_FILE = "commit_success.txt"  # Orbax writes it last into every step directory
 TMP_MARK = ".orbax-checkpoint-tmp"
 INCOMPLETE_SUFFIX = ".incomplete"
-
-
-def resolve_path(path: str) -> str:
-    """Absolute local path, or a URL (gs://...) unchanged."""
-    path = os.fspath(path)
-    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def _iter_supports_state(it) -> bool:
@@ -155,46 +149,3 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-MODEL_META = "handjax_model.json"
-
-
-def save_model(model, directory: str, meta: dict) -> None:
-    """Model-only checkpoint (no optimizer state): ``directory/model`` (Orbax) + ``handjax_model.json``.
-
-    Written by converters and loadable by every recipe (``restore_model`` accepts it), e.g. as
-    ``finetune.init_from`` or ``eval.checkpoint``. ``meta`` records what built the model
-    (system, config keys such as the backbone depth) so loaders can check it.
-    """
-    import json
-
-    from flax import nnx
-
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    state = {"params": nnx.state(model, nnx.Param), "rest": nnx.state(model, nnx.Not(nnx.Param))}
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(directory, "model"), state, force=True)
-    with open(os.path.join(directory, MODEL_META), "w") as fh:
-        json.dump(meta, fh, indent=2)
-
-
-def is_model_checkpoint(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, MODEL_META))
-
-
-def load_model(model, directory: str) -> dict:
-    """Load a ``save_model`` checkpoint into ``model`` (shapes must match); returns its metadata."""
-    import json
-
-    from flax import nnx
-
-    with open(os.path.join(directory, MODEL_META)) as fh:
-        meta = json.load(fh)
-    target = {"params": nnx.state(model, nnx.Param), "rest": nnx.state(model, nnx.Not(nnx.Param))}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(os.path.join(os.path.abspath(directory), "model"), abstract)
-    nnx.update(model, state["params"], state["rest"])
-    return meta

@@ -33,7 +33,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from handjax.distributed import PreemptionGuard, barrier
-from handjax.train.checkpoint import Checkpointer, is_model_checkpoint, load_model, resolve_path
+from handjax.models.checkpoint import is_model_checkpoint, load_model, resolve_path
+from handjax.train.checkpoint import Checkpointer
 from handjax.train.optim import make_optimizer
 
 
@@ -143,7 +144,7 @@ def init_state(model: nnx.Module, trainable, tx) -> tuple:
 def restore_model(model: nnx.Module, workdir: str, cfg, trainable=nnx.Param, step: Optional[int] = None) -> int:
     """Load the model part of a checkpoint written by ``train`` (same config) into ``model``.
 
-    Also accepts a model-only checkpoint (``handjax.train.checkpoint.save_model``, e.g. from a
+    Also accepts a model-only checkpoint (``handjax.models.checkpoint.save_model``, e.g. from a
     converter); then returns -1. Raises FileNotFoundError naming the directory if there is none.
     """
     if is_model_checkpoint(workdir):

@@ -26,7 +26,7 @@ from handjax.losses import (keypoint_l1, nt_xent, param_mse, root_relative, undo
                             weighted_sum, window_pairs)
 from handjax.models import CONV_IMPLS
 from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
-from handjax.train.checkpoint import is_model_checkpoint
+from handjax.models.checkpoint import is_model_checkpoint
 from handjax.train.loop import Task, global_batch, make_mesh, replicate, restore_model, train
 
 MODEL_CONVENTION = "tempclr"
