@@ -36,7 +36,9 @@ Corrupt samples
         :class:`CorruptFileError` (the build stops, the file is named) unless ``skip``;
         then it counts and records it, and ``policy.report()`` summarises what was skipped
         (``policy.skipped``: list of (path, reason)). ``policy.write_report(path)`` saves it
-        as json.
+        as json. ``handle(err, split=..., sample_id=...)`` also files the skip under its
+        split: ``policy.split_records(split)`` lists that split's skips only (each with
+        sample_id, path, reason), ``policy.split_report(split)`` summarises them.
 
 Record order
     ``record_key(position, total) -> int``: tfds example key that keeps generation order
@@ -311,13 +313,29 @@ class CorruptPolicy:
         self.skip = bool(skip)
         self.dataset = dataset
         self.skipped: List[Tuple[str, str]] = []
+        self.records: List[dict] = []  # {"split", "sample_id", "path", "reason"} per skip
 
-    def handle(self, err: CorruptFileError) -> None:
+    def handle(self, err: CorruptFileError, *, split: Optional[str] = None, sample_id: Any = None) -> None:
         if not isinstance(err, CorruptFileError):
             raise TypeError(f"CorruptPolicy.handle expects a CorruptFileError, got {type(err).__name__}") from err
         if not self.skip:
             raise err
         self.skipped.append((err.path, err.reason))
+        self.records.append({"split": split, "sample_id": sample_id, "path": err.path, "reason": err.reason})
+
+    def split_records(self, split: str) -> List[dict]:
+        """The skips filed under ``split`` (``handle(..., split=split)``): sample_id, path, reason."""
+        return [{k: r[k] for k in ("sample_id", "path", "reason")} for r in self.records if r["split"] == split]
+
+    def split_report(self, split: str) -> str:
+        """One split's skips, one line each (sample id, file, reason)."""
+        name = f"{self.dataset} " if self.dataset else ""
+        recs = self.split_records(split)
+        if not recs:
+            return f"{name}split {split}: no corrupt files"
+        lines = [f"{name}split {split}: skipped {len(recs)} sample(s) with corrupt or missing files:"]
+        lines += [f"  sample {r['sample_id']}: {r['path']}: {r['reason']}" for r in recs]
+        return "\n".join(lines)
 
     @property
     def count(self) -> int:
@@ -333,8 +351,8 @@ class CorruptPolicy:
 
     def write_report(self, path: Union[str, os.PathLike]) -> None:
         with open(path, "w") as fh:
-            json.dump({"dataset": self.dataset, "skipped": [{"path": p, "reason": r} for p, r in self.skipped]},
-                      fh, indent=2)
+            json.dump({"dataset": self.dataset, "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                       "records": self.records}, fh, indent=2)
 
 
 # ----------------------------------------------------------------------------- tfds helpers
