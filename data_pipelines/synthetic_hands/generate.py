@@ -69,9 +69,7 @@ def render_split(cfg, split: str) -> Iterator[Tuple[int, Dict[str, np.ndarray]]]
     Rendering is dispatched asynchronously one batch ahead, so the device renders batch
     i + 1 while the caller encodes and writes the frames of batch i.
     """
-    from .synthetic_hands_dataset_builder import split_sequences
-
-    n_seq, first_id = split_sequences(cfg, split)
+    n_seq, first_id = scene_lib.split_sequences(cfg, split)
     seqs_per_batch = max(1, cfg.render_batch // cfg.frames)
     batch = seqs_per_batch * cfg.frames
     rig = make_rig()

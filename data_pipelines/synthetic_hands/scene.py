@@ -405,3 +405,13 @@ def sequence_rng(seed: int, split: str, number: int) -> np.random.Generator:
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
     return np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_CODES[split], int(number)]))
+
+
+def split_sequences(cfg, split: str) -> Tuple[int, int]:
+    """(number of sequences, first sequence_id) of a split of a config with ``num_sequences``
+    (train) and ``test_sequences`` (test): test ids follow the train ids."""
+    if split == "train":
+        return cfg.num_sequences, 0
+    if split == "test":
+        return cfg.test_sequences, cfg.num_sequences
+    raise ValueError(f"split must be one of {tuple(SPLIT_CODES)}, got {split!r}")

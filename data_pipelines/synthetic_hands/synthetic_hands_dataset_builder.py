@@ -101,13 +101,7 @@ def make_config(base: str = "default", **overrides) -> SyntheticHandsConfig:
     return dataclasses.replace(cfg, name=name, description=f"{base} with {changes}", **changes)
 
 
-def split_sequences(cfg: SyntheticHandsConfig, split: str) -> Tuple[int, int]:
-    """(number of sequences, first sequence_id) of a split."""
-    if split == "train":
-        return cfg.num_sequences, 0
-    if split == "test":
-        return cfg.test_sequences, cfg.num_sequences
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+split_sequences = scene_lib.split_sequences  # (number of sequences, first sequence_id) of a split
 
 
 def split_index(cfg: SyntheticHandsConfig, split: str) -> Dict[str, List]:
