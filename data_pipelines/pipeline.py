@@ -14,8 +14,11 @@ Modes (sampling units, :mod:`data_pipelines.samplers`):
 * ``frame``: one frame per sample (``annotated_only`` keeps only annotated frames);
 * ``window``: ``k`` frames of one sequence within ``|dt| <= window`` of the anchor (frame 0),
   plus ``num_negatives`` same-sequence frames outside the window (TempCLR);
-* ``sparse_pair``: [query frame, nearest annotated frame of its sequence]
-  (handobjectconsist; ``unannotated_only`` restricts the queries).
+* ``sparse_pair`` (alias ``pair``): [query frame, nearest annotated frame of its sequence]
+  (handobjectconsist; ``unannotated_only`` restricts the queries, ``max_distance`` drops
+  queries whose nearest annotated frame is farther than that many frame_index units);
+* ``subject``: ``num_frames`` frames of one subject (identity-aware personalisation; needs a
+  ``subject_id`` feature, see :attr:`FrameSource.subject_index`).
 
 Augmentation (:mod:`data_pipelines.transforms`, ``augment`` dict or None): per-sample
 parameters drawn from ``np.random.default_rng([seed, shard_index, epoch, position])`` (so
@@ -23,7 +26,8 @@ an epoch/position always gets the same augmentation, also after restoring the it
 in window / pair modes every frame of a sample shares them unless ``per_frame``.
 
 Batch format (dict of numpy arrays; leading dims L = (B,) in frame mode, (B, F) in window
-mode with F = k + num_negatives, (B, 2) in sparse_pair mode; S = image_size):
+mode with F = k + num_negatives, (B, 2) in sparse_pair mode, (B, num_frames) in subject mode;
+S = image_size):
 
 ==============  ================  ==========================================================
 image           L + (S, S, 3) f32 crop, colour-jittered, ImageNet-normalised
@@ -71,9 +75,10 @@ from data_pipelines import samplers
 from data_pipelines.samplers import SequenceIndex
 from data_pipelines.transforms import TRAIN_AUGMENT, AugmentConfig, AugmentParams, transform_frame
 
-MODES = ("frame", "window", "sparse_pair")
-__all__ = ["MODES", "TRAIN_AUGMENT", "FrameSource", "SequenceIndex", "make_dataset", "make_pipeline",
-           "open_source"]
+MODES = ("frame", "window", "sparse_pair", "pair", "subject")
+MODE_ALIASES = {"pair": "sparse_pair"}  # the same sampling unit under its short name
+__all__ = ["MODES", "TRAIN_AUGMENT", "FrameSource", "SequenceIndex", "batch_dataset", "make_dataset",
+           "make_pipeline", "make_sample_dataset", "open_source"]
 
 
 # ----------------------------------------------------------------------------- source
@@ -217,6 +222,29 @@ class FrameSource:
             else:
                 frame["has_mano"] = np.bool_(False)
 
+    @property
+    def subject_index(self) -> samplers.SubjectIndex:
+        """Per-record subject ids (subject mode): ``metadata['index'][split]['subject_id']`` when
+        the dataset stores it, else the ``subject_id`` feature of every record (read once)."""
+        cached = self.__dict__.get("_subject_index")
+        if cached is not None:
+            return cached
+        meta = self._builder().info.metadata or {}
+        layout = meta.get("index", {}).get(self.split) if hasattr(meta, "get") else None
+        if layout and "subject_id" in layout:
+            ids = layout["subject_id"]
+        elif "subject_id" in self._features:
+            source = self._data_source()
+            ids = [int(source[r]["subject_id"]) for r in range(self._length)]
+        else:
+            raise ValueError(f"FrameSource: subject mode needs a 'subject_id' feature; {self.builder_dir} has "
+                             f"none (features: {sorted(self._features)})")
+        self._subject_index = samplers.SubjectIndex.from_arrays(ids)
+        if len(self._subject_index) != self._length:
+            raise ValueError(f"FrameSource: {len(self._subject_index)} subject ids for {self._length} records "
+                             f"of split {self.split!r}")
+        return self._subject_index
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_source"] = None
@@ -249,6 +277,7 @@ class SampleMaker:
     k: int = 2
     window: int = 3
     num_negatives: int = 0
+    num_frames: int = 2
 
     def rng(self, position: int) -> np.random.Generator:
         epoch, pos = divmod(int(position), self.epoch_length)
@@ -261,6 +290,8 @@ class SampleMaker:
             return np.array([anchor]), None
         if self.mode == "window":
             return samplers.sample_window(index, anchor, rng, self.k, self.window, self.num_negatives)
+        if self.mode == "subject":
+            return samplers.sample_subject(self.source.subject_index, anchor, rng, self.num_frames), None
         return np.array([anchor, index.nearest_annotated[anchor]]), None
 
     def __call__(self, position: int, anchor: int) -> Dict[str, np.ndarray]:
@@ -290,12 +321,15 @@ class _MarkValid:
 
 
 def anchors_for(index: SequenceIndex, mode: str, *, window: int, num_negatives: int, annotated_only: bool,
-                unannotated_only: bool) -> np.ndarray:
+                unannotated_only: bool, max_distance: Optional[int] = None, source: Any = None) -> np.ndarray:
+    mode = MODE_ALIASES.get(mode, mode)
     if mode == "frame":
         return samplers.frame_anchors(index, annotated_only)
     if mode == "window":
         return samplers.window_anchors(index, window, num_negatives)
-    return samplers.pair_anchors(index, unannotated_only)
+    if mode == "subject":
+        return samplers.subject_anchors(source.subject_index)
+    return samplers.pair_anchors_within(index, max_distance, unannotated_only)
 
 
 def _default_shard() -> tuple[int, int]:
@@ -309,7 +343,8 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
                  shard_index: Optional[int] = None, shard_count: Optional[int] = None, num_workers: int = 0,
                  window: int = 3, k: int = 2, num_negatives: int = 0, annotated_only: bool = False,
                  unannotated_only: bool = False, shuffle: bool = True, num_epochs: Optional[int] = None,
-                 read_threads: int = 0, worker_buffer_size: int = 2, pad_shards: bool = False) -> grain.IterDataset:
+                 read_threads: int = 0, worker_buffer_size: int = 2, pad_shards: bool = False,
+                 max_distance: Optional[int] = None, num_frames: int = 2) -> grain.IterDataset:
     """The batched grain dataset (see module docstring for modes and the batch format).
 
     batch_size is per process (drop remainder). shard_index / shard_count default to
@@ -324,13 +359,47 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
     and each sample carries ``valid`` (False on the padding) so that every process yields the
     same number of batches and every sample is evaluated exactly once.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = make_sample_dataset(source, split, mode=mode, image_size=image_size, augment=augment, seed=seed,
+                             shard_index=shard_index, shard_count=shard_count, window=window, k=k,
+                             num_negatives=num_negatives, annotated_only=annotated_only,
+                             unannotated_only=unannotated_only, shuffle=shuffle, num_epochs=num_epochs,
+                             read_threads=read_threads, prefetch=max(batch_size, 1) * 2, pad_shards=pad_shards,
+                             max_distance=max_distance, num_frames=num_frames)
+    return batch_dataset(ds, batch_size, num_workers=num_workers, worker_buffer_size=worker_buffer_size)
+
+
+def batch_dataset(ds: grain.IterDataset, batch_size: int, *, num_workers: int = 0,
+                  worker_buffer_size: int = 2) -> grain.IterDataset:
+    """Batch a per-sample dataset (drop remainder), optionally in grain worker processes."""
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=worker_buffer_size))
+    return ds
+
+
+def make_sample_dataset(source: Any, split: str = "train", *, mode: str = "frame", image_size: int = 128,
+                        augment: Optional[Mapping] = None, seed: int = 0, shard_index: Optional[int] = None,
+                        shard_count: Optional[int] = None, window: int = 3, k: int = 2, num_negatives: int = 0,
+                        annotated_only: bool = False, unannotated_only: bool = False, shuffle: bool = True,
+                        num_epochs: Optional[int] = None, read_threads: int = 0, prefetch: int = 2,
+                        pad_shards: bool = False, max_distance: Optional[int] = None,
+                        num_frames: int = 2) -> grain.IterDataset:
+    """The UNBATCHED grain dataset of samples (arguments as :func:`make_dataset`; ``prefetch``:
+    grain's read-ahead buffer in samples). Datasets of several sources are mixed from these
+    (:func:`data_pipelines.factory.mix_datasets`) before batching."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if batch_size < 1 or image_size < 1:
-        raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size}, {image_size}")
+    mode = MODE_ALIASES.get(mode, mode)
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
     if mode == "window" and (k < 1 or window < 0 or num_negatives < 0):
         raise ValueError(f"window mode needs k >= 1, window >= 0, num_negatives >= 0; got {k}, {window}, "
                          f"{num_negatives}")
+    if mode == "subject" and num_frames < 1:
+        raise ValueError(f"subject mode needs num_frames >= 1, got {num_frames}")
     if (shard_index is None) != (shard_count is None):
         raise ValueError("give both shard_index and shard_count, or neither")
     if shard_index is None:
@@ -339,7 +408,8 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
         raise ValueError(f"shard_index must lie in [0, {shard_count}), got {shard_index}")
     src = open_source(source, split)
     anchors = anchors_for(src.index, mode, window=window, num_negatives=num_negatives,
-                          annotated_only=annotated_only, unannotated_only=unannotated_only)
+                          annotated_only=annotated_only, unannotated_only=unannotated_only,
+                          max_distance=max_distance, source=src)
     if pad_shards and (shuffle or num_epochs != 1):
         raise ValueError("pad_shards is for evaluation: it needs shuffle=False and num_epochs=1")
     per_shard = -(-len(anchors) // shard_count) if pad_shards else len(anchors) // shard_count
@@ -357,16 +427,11 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
     maker = SampleMaker(src, mode, AugmentConfig.from_dict(augment), image_size, seed, shard_index,
-                        per_shard, k=k, window=window, num_negatives=num_negatives)
+                        per_shard, k=k, window=window, num_negatives=num_negatives, num_frames=num_frames)
     ds = ds.map_with_index(maker)
     if pad_shards:
         ds = ds.map_with_index(_MarkValid(real))
-    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(batch_size, 1) * 2)
-    ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                         per_worker_buffer_size=worker_buffer_size))
-    return ds
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))
 
 
 def make_pipeline(source: Any, split: str = "train", **kwargs) -> grain.DatasetIterator:

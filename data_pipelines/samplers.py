@@ -10,7 +10,12 @@ sampling units build on it, each a function of an *anchor* record and a
   frames of the same sequence OUTSIDE the window (extra negatives);
 * sparse pair (handobjectconsist photometric consistency): the anchor and the nearest
   annotated frame of its sequence (ties go to the earlier frame; an annotated anchor is
-  its own reference).
+  its own reference); :func:`pair_anchors_within` limits the query -> reference distance;
+* subject (identity-aware personalisation): ``num_frames`` records of the anchor's subject
+  (a :class:`SubjectIndex` of per-record subject ids, any sequences).
+
+:func:`annotation_fraction_mask` picks the deterministic labelled fraction of a split
+(handobjectconsist's ``--fraction``).
 
 Temporal distances are in ``frame_index`` units, so sequences with gaps are handled.
 """
@@ -162,3 +167,100 @@ def pair_anchors(index: SequenceIndex, unannotated_only: bool = False) -> np.nda
     if unannotated_only:
         ok &= ~index.annotated
     return np.flatnonzero(ok)
+
+
+def pair_anchors_within(index: SequenceIndex, max_distance: int | None = None,
+                        unannotated_only: bool = False) -> np.ndarray:
+    """Anchors of pair mode with a distance limit: as :func:`pair_anchors`, keeping only the
+    frames whose nearest annotated frame lies at most ``max_distance`` frame_index units away
+    (None: no limit)."""
+    anchors = pair_anchors(index, unannotated_only)
+    if max_distance is None:
+        return anchors
+    if max_distance < 0:
+        raise ValueError(f"pair mode: max_distance must be >= 0 or None, got {max_distance}")
+    dt = np.abs(index.frame_index[anchors] - index.frame_index[index.nearest_annotated[anchors]])
+    return anchors[dt <= max_distance]
+
+
+# ----------------------------------------------------------------------------- subjects
+@dataclasses.dataclass(frozen=True)
+class SubjectIndex:
+    """Per-record subject layout (identity-aware sampling); arrays have one entry per record (N,).
+
+    subject_id: the record's subject; order: record ids sorted by (subject_id, record);
+    start[r] / length[r]: slice of ``order`` holding r's subject's records (as
+    :class:`SequenceIndex` does for sequences).
+    """
+
+    subject_id: np.ndarray
+    order: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+
+    @staticmethod
+    def from_arrays(subject_id: Sequence[int]) -> "SubjectIndex":
+        subj = np.asarray(subject_id, np.int64)
+        if subj.ndim != 1 or len(subj) == 0:
+            raise ValueError(f"SubjectIndex: subject_id must be a non-empty 1-D array, got shape {subj.shape}")
+        order = np.lexsort((np.arange(len(subj)), subj))
+        sorted_subj = subj[order]
+        bounds = np.flatnonzero(np.r_[True, sorted_subj[1:] != sorted_subj[:-1], True])
+        starts, lengths = bounds[:-1], np.diff(bounds)
+        group = np.repeat(np.arange(len(starts)), lengths)
+        start = np.empty(len(subj), np.int64)
+        length = np.empty(len(subj), np.int64)
+        start[order] = starts[group]
+        length[order] = lengths[group]
+        return SubjectIndex(subj, order, start, length)
+
+    def __len__(self) -> int:
+        return len(self.subject_id)
+
+    def subject_records(self, record: int) -> np.ndarray:
+        """Record ids of ``record``'s subject, in record order."""
+        s = self.start[record]
+        return self.order[s:s + self.length[record]]
+
+    @property
+    def subjects(self) -> np.ndarray:
+        """The distinct subject ids, sorted."""
+        return np.unique(self.subject_id)
+
+
+def sample_subject(index: SubjectIndex, anchor: int, rng: np.random.Generator, num_frames: int) -> np.ndarray:
+    """(num_frames,) records of the anchor's subject: the anchor first, then ``num_frames - 1``
+    other records of the same subject, distinct while the subject has enough (otherwise drawn
+    with replacement from the subject's other records, or the anchor repeated for a
+    one-record subject)."""
+    if num_frames < 1:
+        raise ValueError(f"subject mode: num_frames must be >= 1, got {num_frames}")
+    recs = index.subject_records(anchor)
+    others = recs[recs != anchor]
+    if len(others) == 0:
+        others = np.array([anchor], np.int64)
+    return np.concatenate([[anchor], _choose(rng, others, num_frames - 1)]).astype(np.int64)
+
+
+def subject_anchors(index: SubjectIndex, min_frames: int = 1) -> np.ndarray:
+    """Anchors of subject mode: records whose subject has at least ``min_frames`` records."""
+    return np.flatnonzero(index.length >= min_frames)
+
+
+# ----------------------------------------------------------------------------- annotation fraction
+def annotation_fraction_mask(annotated: Sequence[bool], fraction: float, seed: int) -> np.ndarray:
+    """(N,) bool: the annotated records that KEEP their labels when only ``fraction`` of them may.
+
+    Exactly ``round(fraction * n_annotated)`` of the annotated records are kept, chosen by a
+    permutation drawn from ``np.random.default_rng(seed)`` alone, so every process (same
+    records, same seed) gets the same mask. fraction 1 keeps every annotated record, 0 none.
+    """
+    ann = np.asarray(annotated, bool)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"annotation fraction must lie in [0, 1], got {fraction}")
+    candidates = np.flatnonzero(ann)
+    keep = int(round(fraction * len(candidates)))
+    chosen = np.random.default_rng(seed).permutation(candidates)[:keep]
+    mask = np.zeros(len(ann), bool)
+    mask[chosen] = True
+    return mask
