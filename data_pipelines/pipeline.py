@@ -74,6 +74,7 @@ from PIL import Image
 from data_pipelines import samplers
 from data_pipelines.samplers import SequenceIndex
 from data_pipelines.transforms import TRAIN_AUGMENT, AugmentConfig, AugmentParams, transform_frame
+from data_pipelines.transforms import rotation_z, warp_labels
 
 MODES = ("frame", "window", "sparse_pair", "pair", "subject")
 MODE_ALIASES = {"pair": "sparse_pair"}  # the same sampling unit under its short name
@@ -87,6 +88,15 @@ def decode_png(data: bytes, channels: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGB" if channels == 3 else "L")
         return np.asarray(img)
+
+
+def decode_label_image(key: str, data: bytes) -> np.ndarray:
+    """An image feature other than image / mask / part_seg: a one-channel PNG -> (H, W), bool
+    (> 127) when ``key`` ends in 'mask' else uint8; a colour one -> (H, W, 3) uint8."""
+    with Image.open(io.BytesIO(data)) as img:
+        gray = img.mode in ("L", "1", "I;16", "I")
+    array = decode_png(data, 1 if gray else 3)
+    return array > 127 if gray and key.endswith("mask") else array
 
 
 # Labels a dataset may lack: zero defaults with the shapes of the batch format, and the
@@ -192,6 +202,9 @@ class FrameSource:
         self._fill_defaults(frame, raw, record)
         frame["mask"] = decode_png(raw["mask"], 1) > 127 if "mask" in raw else frame["mask"]
         frame["part_seg"] = decode_png(raw["part_seg"], 1) if "part_seg" in raw else frame["part_seg"]
+        for key, kind in kinds.items():  # other label images, e.g. hand_object's hand_mask / object_mask
+            if kind == "image" and key not in ("image", "mask", "part_seg") and key in raw:
+                frame[key] = decode_label_image(key, raw[key])
         for key in ("is_right", "annotated"):
             frame[key] = np.bool_(frame[key])
         for key in ("sequence_id", "frame_index"):
@@ -301,13 +314,43 @@ class SampleMaker:
         frames = []
         for r in records:
             params = AugmentParams.sample(rng, self.augment) if self.augment.per_frame else shared
-            frames.append(transform_frame(self.source[r], params, self.augment, self.image_size))
+            frame = self.source[r]
+            frames.append(transform_extra_labels(frame, transform_frame(frame, params, self.augment, self.image_size),
+                                                 self.image_size))
         if self.mode == "frame":
             return frames[0]
         sample = {key: np.stack([f[key] for f in frames]) for key in frames[0]}
         if in_window is not None:
             sample["in_window"] = in_window
         return sample
+
+
+def transform_extra_labels(frame: Mapping[str, np.ndarray], out: Dict[str, np.ndarray], out_size
+                           ) -> Dict[str, np.ndarray]:
+    """Crop the labels :func:`transform_frame` copies through unchanged (``out`` = its result
+    for ``frame``; returned updated): other ``*_mask`` label images (H, W) are resampled like
+    the mask, and a rigid object (hand_object: ``object_rot`` (3, 3), ``object_transl`` (3,),
+    ``object_vertices`` (Vo, 3)) moves with the crop's camera transform ``R3 = Rz M``.
+
+    With a flip (M = diag(-1, 1, 1)) the rotation stays proper: ``object_rot' = R3 R M`` maps
+    the MIRRORED canonical mesh (x -> -x) to the camera, and ``object_mirrored`` (bool, False
+    when not flipped) says so: ``object_vertices' = (canonical * [-1, 1, 1] if object_mirrored
+    else canonical) @ object_rot'.T + object_transl'``.
+    """
+    affine = np.asarray(out["crop_affine"], np.float64)
+    for key, value in frame.items():
+        if key.endswith("_mask") and np.ndim(value) == 2:
+            out[key] = warp_labels(np.asarray(value), affine, out_size)
+    if "object_rot" in frame:
+        flip = bool(out["aug_flip"])
+        mirror = np.diag([-1.0, 1.0, 1.0]) if flip else np.eye(3)
+        r3 = rotation_z(float(out["aug_rotation"])) @ mirror
+        rot = np.asarray(frame["object_rot"], np.float64)
+        out["object_rot"] = (r3 @ rot @ mirror).astype(np.float32)
+        out["object_transl"] = (r3 @ np.asarray(frame["object_transl"], np.float64)).astype(np.float32)
+        out["object_vertices"] = (np.asarray(frame["object_vertices"], np.float64) @ r3.T).astype(np.float32)
+        out["object_mirrored"] = np.bool_(bool(frame.get("object_mirrored", False)) != flip)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
