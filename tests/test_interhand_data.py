@@ -69,11 +69,12 @@ def camera_params(rng):
 
 
 # split -> list of (annotation id, frame, camera index, hand_type, mano presence {hand: bool})
+OCCLUDING = 30  # its left hand is placed between the camera and the right hand
 PLAN = {
     "train": [(10, 100, 0, "interacting", {"right": True, "left": True}),
               (11, 101, 1, "right", {"right": True, "left": False}),
               (12, 102, 0, "left", {"right": False, "left": True})],
-    "val": [(20, 200, 0, "interacting", {"right": True, "left": True})],
+    "val": [(20, 200, 0, "interacting", {"right": True, "left": False})],  # no left fit: DIGIT mask invalid
     "test": [(30, 300, 0, "interacting", {"right": True, "left": True}),
              (31, 301, 1, "right", {"right": True, "left": False})],
 }
@@ -98,14 +99,19 @@ def write_interhand(root, models, seed=0):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
                 fh.write(jpeg(rng))
-            params, world = {}, []
+            params, world = {}, {}
             for hand, sign in (("right", 1.0), ("left", -1.0)):
                 pose = rng.normal(0, 0.3, 48)
                 betas = rng.normal(0, 1.0, 10)
                 trans = np.array([sign * 0.08, 0.0, 0.0]) + rng.normal(0, 0.02, 3) - OFFSET * [sign, 1, 1]
                 params[hand] = {"pose": pose.tolist(), "shape": betas.tolist(), "trans": trans.tolist()}
-                world.append(mano_joints_m(models[hand], pose, betas, trans) * 1000.0)
-            world = np.concatenate(world)
+                world[hand] = mano_joints_m(models[hand], pose, betas, trans) * 1000.0
+            if aid == OCCLUDING:  # move the left hand 30 % of the way from the right hand towards the camera
+                right_c, left_c = world["right"].mean(0), world["left"].mean(0)
+                shift = right_c + 0.3 * (np.asarray(cams[cam]["campos"]) - right_c) - left_c  # mm
+                params["left"]["trans"] = (np.asarray(params["left"]["trans"]) + shift / 1000.0).tolist()
+                world["left"] = world["left"] + shift
+            world = np.concatenate([world["right"], world["left"]])
             valid = np.ones(42)
             if hand_type == "right":
                 valid[21:] = 0
@@ -205,7 +211,7 @@ def test_camera_frame_mano_reproduces_converted_world_joints(built):
                 naive = rec["cam_R"] @ np.array(t["params"][hand]["trans"]) + rec["cam_t"]
                 assert np.linalg.norm(naive - m["transl"]) > 0.01
                 checked += 1
-    assert checked == 9
+    assert checked == 8
 
 
 def test_rootnet_and_ids(built):
@@ -282,7 +288,8 @@ def test_corrupt_image_named_or_skipped(built, tmp_path):
     assert builder.policy.count == 2
     skipped = info.metadata["skipped"]
     assert "image100.jpg" in skipped["train"][0]["path"] and skipped["val"] == []
-    assert "world_coord" in skipped["test"][0]["reason"]
+    assert skipped["train"][0]["sample_id"] == 10 and len(skipped["train"]) == 1
+    assert "world_coord" in skipped["test"][0]["reason"] and skipped["test"][0]["sample_id"] == 31
     assert [int(r["annot_id"]) for r in read_split(path, "test")] == [30]
 
 
@@ -311,3 +318,117 @@ def test_records_feed_the_two_hand_protocol(built):
     assert res["joint_count_all"][0] == right_frames
     np.testing.assert_allclose(res["per_joint_all_mm"][0], 2.0, rtol=1e-4)
     assert res["mrrpe_mm"] == 0.0 and res["mrrpe_frames"] == 2
+
+
+# ----------------------------------------------------------------------------- part segmentation
+def camera_vertices(models, hand, params, cam):
+    """World-frame fit -> camera-frame vertices (m), straight from the fixture's numbers."""
+    rot = from_axis_angle(models[hand], jnp.asarray(params["pose"], jnp.float32), flat_hand_mean=False)
+    out = mano_forward(models[hand], rot, jnp.asarray(params["shape"], jnp.float32),
+                       jnp.asarray(params["trans"], jnp.float32), "ih26m")
+    world_mm = np.asarray(out.vertices, np.float64) * 1000.0
+    return (world_mm - np.array(cam["campos"])) @ np.array(cam["camrot"]).T / 1000.0
+
+
+def numpy_zbuffer(hands, K, size):
+    """Independent reference renderer: per pixel centre the nearest covering face of all hands
+    (closed triangles, perspective-correct depth, lowest face index on ties).
+    hands: list of (verts (V, 3), faces (F, 3), face classes (F,)). -> (H, W) classes, (H, W) depth."""
+    h, w = size
+    ys, xs = np.mgrid[0:h, 0:w]
+    px = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
+    best = np.full(h * w, np.inf)
+    cls = np.zeros(h * w, np.int64)
+    for verts, faces, classes in hands:
+        uv = verts @ K.T
+        uv = uv[:, :2] / uv[:, 2:]
+        a, b, c = (uv[faces[:, k]] for k in range(3))
+        za, zb, zc = (verts[faces[:, k], 2] for k in range(3))
+        area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+        for f in np.flatnonzero(np.abs(area) > 1e-12):
+            e = lambda p, q: (q[0] - p[0]) * (px[:, 1] - p[1]) - (q[1] - p[1]) * (px[:, 0] - p[0])  # noqa: E731
+            w0, w1, w2 = e(b[f], c[f]) / area[f], e(c[f], a[f]) / area[f], e(a[f], b[f]) / area[f]
+            inside = (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+            z = 1.0 / (w0 / za[f] + w1 / zb[f] + w2 / zc[f])
+            take = inside & (z < best)
+            best[take], cls[take] = z[take], classes[f]
+    return cls.reshape(h, w), np.where(np.isfinite(best), best, 0).reshape(h, w)
+
+
+def reference_masks(models, truth_entry, cam):
+    """(classes, right-only depth, left-only depth) of a frame with the independent renderer."""
+    from handjax.mano.builtin import face_part_labels
+
+    right = models["right"]
+    labels = face_part_labels(np.asarray(right.faces), np.asarray(right.lbs_weights))
+    faces = np.asarray(right.faces, np.int64)
+    loop = np.array([108, 79, 78, 121, 214, 215, 279, 239, 234, 92, 38, 122, 118, 117, 119, 120])
+    # DIGIT's seal: the boundary loop in winding order around a new centre vertex, palm label 8
+    edges = {(int(x), int(y)) for f in faces for x, y in ((f[0], f[1]), (f[1], f[2]), (f[2], f[0]))}
+    nxt = {x: y for x, y in edges if x in set(loop) and y in set(loop) and (y, x) not in edges}
+    order = [int(loop[0])]
+    while len(order) < len(loop):
+        order.append(nxt[order[-1]])
+    fan = np.array([[nxt[v], v, 778] for v in order])
+    sealed = np.concatenate([faces, fan])
+    sealed_labels = np.concatenate([labels, np.full(len(fan), 8)])
+    K = np.array([[cam["focal"][0], 0, cam["princpt"][0]], [0, cam["focal"][1], cam["princpt"][1]], [0, 0, 1]])
+    hands, depth = [], {}
+    for hand, offset, tri in (("right", 1, sealed), ("left", 17, sealed[:, [1, 0, 2]])):
+        if not truth_entry["present"][hand]:
+            continue
+        v = camera_vertices(models, hand, truth_entry["params"][hand], cam)
+        v = np.concatenate([v, v[loop].mean(0, keepdims=True)])
+        hands.append((v, tri, sealed_labels + offset))
+        depth[hand] = numpy_zbuffer([(v, tri, sealed_labels + offset)], K, (H, W))[1]
+    return numpy_zbuffer(hands, K, (H, W))[0], depth
+
+
+def test_part_segmentation_matches_independent_render(built):
+    info = tfds.builder_from_directory(built["path"]).info
+    assert info.metadata["part_seg"]["rendered"] is True
+    assert info.metadata["part_seg"]["seconds_per_frame"] > 0
+    n_pixels = 0
+    for split, truth in built["truth"].items():
+        for rec in read_split(built["path"], split):
+            t = truth[int(rec["annot_id"])]
+            expected, _ = reference_masks(built["models"], t, t["cam"])
+            got = rec["part_seg"][..., 0]
+            assert got.shape == (H, W)
+            np.testing.assert_array_equal(got, expected)
+            n_pixels += int((got > 0).sum())
+            # DIGIT's mano_valid: interacting needs both fits, single hands their own fit only
+            assert bool(rec["has_part_seg"]) == (int(rec["annot_id"]) != 20)
+            if not t["present"]["left"]:
+                assert not np.any(got >= 17)
+            if not t["present"]["right"]:
+                assert not np.any((got >= 1) & (got <= 16))
+    assert n_pixels > 100  # the hands do cover pixels
+
+
+def test_part_segmentation_mutual_occlusion(built):
+    """Where both hands cover a pixel, the nearer one's label is stored: the occluding left hand
+    shows left labels (17..32) in front of the right hand."""
+    rec = next(r for r in read_split(built["path"], "test") if int(r["annot_id"]) == OCCLUDING)
+    t = built["truth"]["test"][OCCLUDING]
+    _, depth = reference_masks(built["models"], t, t["cam"])
+    both = (depth["right"] > 0) & (depth["left"] > 0)
+    left_front = both & (depth["left"] < depth["right"])
+    got = rec["part_seg"][..., 0]
+    assert left_front.sum() >= 5, "fixture: the left hand should overlap the right one"
+    assert np.all(got[left_front] >= 17)
+    assert np.all((got[both & ~left_front] >= 1) & (got[both & ~left_front] <= 16))
+
+
+def test_part_segmentation_needs_real_mano(built, tmp_path, capsys):
+    """No MANO dir: nothing is rendered with the built-in hand; flags False, said in the report."""
+    path = prepare(get_builder("5fps_h", str(tmp_path / "out")), built["raw"])
+    info = tfds.builder_from_directory(path).info
+    assert info.metadata["part_seg"]["rendered"] is False and "MANO" in info.metadata["part_seg"]["reason"]
+    recs = read_split(path, "train")
+    assert not any(bool(r["has_part_seg"]) for r in recs)
+    assert all(r["part_seg"].shape == (H, W, 1) and not r["part_seg"].any() for r in recs)
+    assert "part segmentation NOT rendered" in capsys.readouterr().err
+    off = prepare(get_builder("5fps_h", str(tmp_path / "out2"), mano_dir=built["mano_dir"], render_part_seg=False),
+                  built["raw"])
+    assert "no_part_seg" in tfds.builder_from_directory(off).info.metadata["part_seg"]["reason"]

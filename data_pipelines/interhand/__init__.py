@@ -2,7 +2,7 @@
 
     python -m data_pipelines.interhand.build --manual_dir RAW --data_dir OUT --config 5fps_hm
 
-Read with ``tfds.builder_from_directory(OUT/interhand/5fps_hm/1.0.0).as_data_source(split)``
+Read with ``tfds.builder_from_directory(OUT/interhand/5fps_hm/1.1.0).as_data_source(split)``
 (e.g. wrapped in ``grain.MapDataset.source``). Layout, conventions and conversions:
 :mod:`data_pipelines.interhand.layout`; features: :mod:`.interhand_dataset_builder`.
 """
