@@ -76,8 +76,9 @@ def write_coco(root, seed=0, neural=True, images_top_level=False):
         for _, image_id, _ in rows:
             if image_id not in images:
                 name = f"{image_id:012d}.jpg"
-                with open(os.path.join(folder, name), "wb") as fh:
-                    fh.write(jpeg_bytes(random_image(rng, (H, W))))
+                pixels = random_image(rng, (H, W))
+                with open(os.path.join(folder, name), "wb") as fh:  # image 3: a grayscale JPEG, as some of COCO's
+                    fh.write(jpeg_bytes(pixels[..., 0] if image_id == 3 else pixels))
                 images[image_id] = {"id": image_id, "file_name": name, "width": W, "height": H, "license": 1,
                                     "coco_url": "", "date_captured": "", "flickr_url": ""}
         data = {"info": {"description": "COCO-WholeBody"}, "licenses": [], "categories": [{"id": 1, "name": "person"}],
