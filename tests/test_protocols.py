@@ -191,3 +191,67 @@ def test_prediction_collector_restores_the_official_order():
     bad.add(joints[:2], verts[:2], np.array([0, 2]))
     with pytest.raises(ValueError, match="1 missing"):
         bad.arrays(expected=3)
+
+
+# ----------------------------------------------------------------------------- HO3D align_sc_tr and scores
+def ref_align_sc_tr(gt, pred):
+    """HO3D eval.py's definition, one sample: divide the prediction by its wrist (0) to middle-MCP
+    (4) length when that is > 0, multiply by the ground truth's, put its wrist on the GT wrist."""
+    p = np.array(pred, np.float64)
+    s = np.sqrt(np.sum((p[4] - p[0]) ** 2))
+    if s > 0:
+        p = p / s
+    p = p * np.sqrt(np.sum((gt[4] - gt[0]) ** 2))
+    return p - p[0:1] + gt[0:1]
+
+
+def test_align_sc_tr_matches_definition_and_hand_case():
+    pj, _, gj, _ = random_case(np.random.default_rng(6), n=5)
+    pj[2, 4] = pj[2, 0]  # zero prediction length: only multiplied by the GT length
+    got = protocols.align_sc_tr(pj, gj)
+    for k in range(5):
+        np.testing.assert_allclose(got[k], ref_align_sc_tr(gj[k], pj[k]), atol=1e-12)
+    # hand case: GT wrist (0, 0, 1), middle MCP 0.1 m away; predicted one 0.2 m away -> scale 1/2
+    gt, pred = np.zeros((21, 3)), np.zeros((21, 3))
+    gt[:, 2] = 1.0
+    gt[4] = [0.1, 0.0, 1.0]
+    pred[:] = [1.0, 1.0, 1.0]
+    pred[4] = [1.0, 1.2, 1.0]
+    pred[7] = [1.4, 1.0, 1.0]
+    out = protocols.align_sc_tr(pred, gt)
+    np.testing.assert_allclose(out[0], [0.0, 0.0, 1.0], atol=1e-15)   # wrist on the GT wrist
+    np.testing.assert_allclose(out[4], [0.0, 0.1, 1.0], atol=1e-15)   # no rotation: the length is matched only
+    np.testing.assert_allclose(out[7], [0.2, 0.0, 1.0], atol=1e-15)   # (0.4, 0, 0) * 0.5 from the wrist
+    with pytest.raises(ValueError, match="align_sc_tr"):
+        protocols.align_sc_tr(pred[:, :2], gt[:, :2])
+
+
+def test_ho3d_report_matches_official_definitions():
+    rng = np.random.default_rng(7)
+    _, _, gj, gv = random_case(rng, n=3)
+    gj, gv = gj * 0.3, gv * 0.3  # hand-sized (a few cm), errors below within the AUC range
+    scale, shift = rng.uniform(0.9, 1.1, (3, 1, 1)), rng.normal(0, 0.008, (3, 1, 3))
+    pj = scale * (gj - gj[:, :1]) + gj[:, :1] + shift + rng.normal(0, 0.003, gj.shape)
+    pv = scale * (gv - gj[:, :1]) + gj[:, :1] + shift + rng.normal(0, 0.003, gv.shape)
+    got = protocols.evaluate(pj, pv, gj, gv, protocol="ho3d")
+    assert set(protocols.HO3D_KEYS) <= set(got)
+    abs_j = np.linalg.norm(pj - gj, axis=-1)
+    sc_tr = np.stack([np.linalg.norm(ref_align_sc_tr(g, p) - g, axis=-1) for p, g in zip(pj, gj)])
+    abs_v = np.linalg.norm(pv - gv, axis=-1)
+    ref = ref_protocol(pj, pv, gj, gv)
+    expected = {
+        "xyz_mean3d_mm": abs_j.mean() * 1000, "xyz_auc3d": ref_auc(abs_j.ravel()),
+        "xyz_scale_trans_al_mean3d_mm": sc_tr.mean() * 1000, "xyz_scale_trans_al_auc3d": ref_auc(sc_tr.ravel()),
+        "mesh_mean3d_mm": abs_v.mean() * 1000, "mesh_auc3d": ref_auc(abs_v.ravel()),
+        "xyz_procrustes_al_mean3d_mm": ref["pa_mpjpe_mm"], "mesh_al_mean3d_mm": ref["pa_mpvpe_mm"],
+        "f_score_5": np.mean([ref_fscore(g, p, 0.005) for p, g in zip(pv, gv)]),
+        "f_score_15": np.mean([ref_fscore(g, p, 0.015) for p, g in zip(pv, gv)]),
+        "f_al_score_5": ref["f5"], "f_al_score_15": ref["f15"],
+    }
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=2e-3), key
+    assert 0.05 < got["xyz_auc3d"] < 0.95 and 0.0 < got["f_score_15"] < 1.0
+    plain = protocols.evaluate(pj, pv, gj, gv, protocol="freihand")
+    assert not set(protocols.HO3D_KEYS) & set(plain)
+    with pytest.raises(ValueError, match="unknown evaluation protocol 'ho4d'"):
+        protocols.HandEvaluator("ho4d")

@@ -19,7 +19,8 @@ Per-sample values (:func:`dexycb_metrics`):
 :class:`DexYCBEvaluator` accumulates them; its ``result()`` gives the means in mm and
 the toolkit's AUCs (thresholds 0-50 mm, 100 steps, normalised): ``auc_abs``, ``auc_rr``,
 ``auc_pa``. The toolkit averages per joint then over joints; every joint of every
-evaluated sample counts, so this equals the pooled mean used here.
+evaluated sample counts, so this equals the pooled mean used here. With ``average="batch"``
+the ``*_mm`` means are IdHandMesh's means of per-batch means instead.
 """
 from __future__ import annotations
 
@@ -75,15 +76,49 @@ def summarize_dexycb(per_sample: Dict[str, np.ndarray], unit_scale: float = 1000
     return res
 
 
+AVERAGES = ("sample", "batch")
+_VERTEX_KEYS = ("mpvpe", "pa_mpvpe")
+
+
 class DexYCBEvaluator(MetricAccumulator):
-    """:class:`handjax.eval.MetricAccumulator` of :func:`dexycb_metrics` values."""
+    """:class:`handjax.eval.MetricAccumulator` of :func:`dexycb_metrics` values.
 
-    def __init__(self, unit_scale: float = 1000.0):
+    ``average="sample"``: every mean is over all evaluated samples (the toolkit's convention).
+    ``average="batch"``: every ``*_mm`` mean is the mean of per-batch means, each batch's mean
+    taken over its evaluated samples (batches without one are left out), as IdHandMesh's
+    ``run_dex_ycb.py`` reports (batch 32, final partial batch kept): the number then depends on
+    the evaluation batch size, which should be IdHandMesh's 32. The AUCs are always computed
+    from the pooled per-joint errors (IdHandMesh reports none).
+    """
+
+    def __init__(self, unit_scale: float = 1000.0, average: str = "sample"):
+        if average not in AVERAGES:
+            raise ValueError(f"DexYCB average must be one of {AVERAGES}, got {average!r}")
         super().__init__()
-        self.unit_scale = unit_scale
+        self.unit_scale, self.average = unit_scale, average
+        self._batch_means: Dict[str, list] = {}
 
-    def add_batch(self, pred_joints, gt_joints, pred_verts=None, gt_verts=None, valid: Optional[np.ndarray] = None):
-        self.add(dexycb_metrics(pred_joints, gt_joints, pred_verts, gt_verts), valid)
+    def add_batch(self, pred_joints, gt_joints, pred_verts=None, gt_verts=None, valid: Optional[np.ndarray] = None,
+                  has_verts: Optional[np.ndarray] = None):
+        """One batch; ``valid`` (B,) False drops a sample (padding, no joint ground truth),
+        ``has_verts`` (B,) False drops only its vertex metrics."""
+        per = dexycb_metrics(pred_joints, gt_joints, pred_verts, gt_verts)
+        n = len(per["mpjpe"])
+        keep = np.ones(n, bool) if valid is None else np.asarray(valid, bool).reshape(n)
+        keep_v = keep if has_verts is None else keep & np.asarray(has_verts, bool).reshape(n)
+        for key, value in per.items():
+            m = keep_v if key in _VERTEX_KEYS else keep
+            self._parts.setdefault(key, []).append(value[m])
+            if key not in _ERROR_KEYS and m.any():
+                self._batch_means.setdefault(key, []).append(float(np.mean(value[m])))
 
     def result(self) -> dict:
-        return summarize_dexycb({k: np.concatenate(v) for k, v in self._parts.items()}, self.unit_scale)
+        pooled = {k: np.concatenate(v) for k, v in self._parts.items()}
+        res = summarize_dexycb({k: v for k, v in pooled.items() if len(v)}, self.unit_scale)
+        for key, value in pooled.items():  # no evaluated sample (e.g. no vertex ground truth): NaN
+            if not len(value):
+                res[_ERROR_KEYS.get(key, key + "_mm")] = float("nan")
+        if self.average == "batch":
+            for key, means in self._batch_means.items():
+                res[key + "_mm"] = float(np.mean(means) * self.unit_scale)
+        return res

@@ -14,6 +14,22 @@ FreiHAND's ``eval.py`` (which HO3D's scorer re-purposes), computed with
   number, useful as a sanity check);
 * ``num_joints`` / ``num_vertices``: samples that had ground truth for each.
 
+With ``protocol="ho3d"`` (:class:`HandEvaluator`) the report ALSO holds the numbers of HO3D's
+official ``eval.py`` as its ``scores.txt`` names them, in millimetres where scores.txt has cm
+(``*_mm`` keys, see :data:`HO3D_KEYS`):
+
+* ``xyz_mean3d_mm`` / ``xyz_auc3d``: joint error WITHOUT any alignment (camera space), AUC 0-50 mm;
+* ``xyz_procrustes_al_mean3d_mm`` / ``xyz_procrustes_al_auc3d``: Procrustes-aligned (the same
+  values as ``pa_mpjpe_mm`` / ``auc_pa``);
+* ``xyz_scale_trans_al_mean3d_mm`` / ``xyz_scale_trans_al_auc3d``: after :func:`align_sc_tr`;
+* ``mesh_mean3d_mm`` / ``mesh_auc3d``: vertex error without alignment; ``mesh_al_mean3d_mm`` /
+  ``mesh_al_auc3d`` Procrustes-aligned (= ``pa_mpvpe_mm`` / ``auc_pa_mesh``);
+* ``f_score_5`` / ``f_score_15``: F-scores of the UNaligned vertices; ``f_al_score_5`` /
+  ``f_al_score_15`` of the aligned ones (= ``f5`` / ``f15``).
+
+The official script averages each keypoint's error over samples, then over keypoints; every
+keypoint of every sample counts there, so that equals the pooled mean used here.
+
 Samples without ground truth (``has_joints3d`` / ``has_vertices`` False, e.g. HO3D's
 evaluation split in releases without its GT) are left out of the corresponding metrics;
 a metric with no sample at all is NaN. Predictions and ground truth are metres in the
@@ -44,6 +60,12 @@ METRIC_KEYS = ("mpjpe_mm", "pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "auc_pa", 
                "num_vertices")
 DECIMALS = 5
 NUM_VERTICES = 778
+PROTOCOLS = ("", "freihand", "ho3d")
+HO3D_KEYS = ("xyz_mean3d_mm", "xyz_auc3d", "xyz_procrustes_al_mean3d_mm", "xyz_procrustes_al_auc3d",
+             "xyz_scale_trans_al_mean3d_mm", "xyz_scale_trans_al_auc3d", "mesh_mean3d_mm", "mesh_auc3d",
+             "mesh_al_mean3d_mm", "mesh_al_auc3d", "f_score_5", "f_al_score_5", "f_score_15", "f_al_score_15")
+HO3D_SCALE_JOINT = 4  # HO3D joint order (MANO tree): 0 wrist, 4 middle-finger MCP (middle1)
+
 
 
 # ----------------------------------------------------------------------------- coordinate frames
@@ -64,6 +86,31 @@ def opengl_to_opencv_rotation(rotation: np.ndarray) -> np.ndarray:
     if rotation.shape[-2:] != (3, 3):
         raise ValueError(f"opengl_to_opencv_rotation: expected (..., 3, 3), got shape {rotation.shape}")
     return np.swapaxes(opengl_to_opencv(np.swapaxes(rotation, -1, -2)), -1, -2)
+
+
+# ----------------------------------------------------------------------------- HO3D scale + translation alignment
+def align_sc_tr(pred: np.ndarray, gt: np.ndarray, root: int = 0, scale_joint: int = HO3D_SCALE_JOINT) -> np.ndarray:
+    """HO3D's scale-and-translation alignment (its ``eval.py`` ``align_sc_tr``) of ``pred`` onto ``gt``.
+
+    pred, gt: (..., J, 3) joints in HO3D's order; returns the aligned prediction (..., J, 3).
+    Rule, per sample: with ``l_p = ||pred[scale_joint] - pred[root]||`` and
+    ``l_g = ||gt[scale_joint] - gt[root]||`` (HO3D: joint 4, the middle-finger MCP, and joint 0,
+    the wrist), the prediction is multiplied by ``l_g / l_p`` -- by ``l_g`` alone when
+    ``l_p == 0``, as the official code divides by ``l_p`` only when it is > 0 -- and then
+    translated so that its ``root`` joint lands on the ground truth's:
+    ``aligned = s * (pred - pred[root]) + gt[root]``. No rotation. Scaling and translating
+    commute with HO3D's OpenGL axis flip, so the frame (OpenGL / OpenCV) does not matter.
+    """
+    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
+    if pred.shape != gt.shape or pred.ndim < 2 or pred.shape[-1] != 3:
+        raise ValueError(f"align_sc_tr: pred and gt must both be (..., J, 3), got {pred.shape} and {gt.shape}")
+    j = pred.shape[-2]
+    if not (0 <= root < j and 0 <= scale_joint < j):
+        raise ValueError(f"align_sc_tr: root {root} / scale_joint {scale_joint} outside 0..{j - 1}")
+    len_pred = np.linalg.norm(pred[..., scale_joint, :] - pred[..., root, :], axis=-1)
+    len_gt = np.linalg.norm(gt[..., scale_joint, :] - gt[..., root, :], axis=-1)
+    scale = len_gt / np.where(len_pred > 0, len_pred, 1.0)
+    return scale[..., None, None] * (pred - pred[..., root: root + 1, :]) + gt[..., root: root + 1, :]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -87,8 +134,44 @@ def vertex_metrics(pred_verts: np.ndarray, gt_verts: np.ndarray) -> Dict[str, np
             "f15": np.asarray(metrics.f_score(aligned, gt_verts, 0.015))}
 
 
-def summarize(per_sample: Mapping[str, np.ndarray]) -> Dict[str, float]:
-    """Concatenated per-sample metrics -> the protocol's numbers (see module docstring)."""
+def ho3d_joint_metrics(pred_joints: np.ndarray, gt_joints: np.ndarray) -> Dict[str, np.ndarray]:
+    """HO3D's extra per-joint errors (S, 21), metres: unaligned (``abs_joint_errors``) and after
+    :func:`align_sc_tr` (``sc_tr_joint_errors``). Joints in HO3D's order."""
+    pred, gt = np.asarray(pred_joints, np.float64), np.asarray(gt_joints, np.float64)
+    return {"abs_joint_errors": np.linalg.norm(pred - gt, axis=-1),
+            "sc_tr_joint_errors": np.linalg.norm(align_sc_tr(pred, gt) - gt, axis=-1)}
+
+
+def ho3d_vertex_metrics(pred_verts: np.ndarray, gt_verts: np.ndarray) -> Dict[str, np.ndarray]:
+    """HO3D's extra vertex metrics: unaligned per-vertex errors (S, V) and F-scores (S,) at
+    5 / 15 mm of the unaligned vertices; metres."""
+    pv, gv = np.asarray(pred_verts, np.float32), np.asarray(gt_verts, np.float32)
+    return {"abs_vertex_errors": np.linalg.norm(pv - gv, axis=-1),
+            "f5_unaligned": np.asarray(metrics.f_score(pv, gv, 0.005)),
+            "f15_unaligned": np.asarray(metrics.f_score(pv, gv, 0.015))}
+
+
+def _ho3d_summary(per_sample: Mapping[str, np.ndarray], out: Dict[str, float]) -> Dict[str, float]:
+    """scores.txt's numbers (mm instead of cm) from the per-sample arrays; NaN without samples."""
+    res = {k: float("nan") for k in HO3D_KEYS}
+    for key, name in (("abs_joint_errors", "xyz_mean3d"), ("sc_tr_joint_errors", "xyz_scale_trans_al_mean3d"),
+                      ("abs_vertex_errors", "mesh_mean3d")):
+        if key in per_sample and len(per_sample[key]):
+            res[name + "_mm"] = float(np.mean(per_sample[key]) * 1000.0)
+            res[name.replace("mean3d", "auc3d")] = metrics.auc(metrics.pck_curve(per_sample[key]))
+    for t in (5, 15):
+        if f"f{t}_unaligned" in per_sample and len(per_sample[f"f{t}_unaligned"]):
+            res[f"f_score_{t}"] = float(np.mean(per_sample[f"f{t}_unaligned"]))
+        res[f"f_al_score_{t}"] = out[f"f{t}"]
+    res["xyz_procrustes_al_mean3d_mm"], res["xyz_procrustes_al_auc3d"] = out["pa_mpjpe_mm"], out["auc_pa"]
+    res["mesh_al_mean3d_mm"], res["mesh_al_auc3d"] = out["pa_mpvpe_mm"], out["auc_pa_mesh"]
+    return res
+
+
+def summarize(per_sample: Mapping[str, np.ndarray], protocol: str = "") -> Dict[str, float]:
+    """Concatenated per-sample metrics -> the protocol's numbers (see module docstring); with
+    ``protocol="ho3d"`` also HO3D's official scores (:data:`HO3D_KEYS`)."""
+    _check_protocol(protocol)
     out = _nan_summary()
     if "pa_mpjpe" in per_sample and len(per_sample["pa_mpjpe"]):
         out["mpjpe_mm"] = float(np.mean(per_sample["mpjpe"]) * 1000.0)
@@ -101,7 +184,15 @@ def summarize(per_sample: Mapping[str, np.ndarray]) -> Dict[str, float]:
         out["auc_pa_mesh"] = metrics.auc(metrics.pck_curve(per_sample["pa_vertex_errors"]))
     out["num_joints"] = int(len(per_sample.get("pa_mpjpe", ())))
     out["num_vertices"] = int(len(per_sample.get("pa_mpvpe", ())))
+    if protocol == "ho3d":
+        out.update(_ho3d_summary(per_sample, out))
     return out
+
+
+def _check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; known: {list(PROTOCOLS)}")
+    return protocol
 
 
 def _mask(n: int, *flags) -> np.ndarray:
@@ -120,9 +211,12 @@ class HandEvaluator:
     (``valid`` False: padding; ``has_*`` False: no ground truth). ``add_batch`` reads the
     ground truth and flags from a pipeline batch (keys joints3d, vertices, has_joints3d,
     has_vertices, valid; absent flags mean True). ``result()`` -> :func:`summarize`.
+    ``protocol``: "" or "freihand" (the same numbers) or "ho3d" (adds HO3D's official scores,
+    joints in HO3D's order).
     """
 
-    def __init__(self):
+    def __init__(self, protocol: str = ""):
+        self.protocol = _check_protocol(protocol)
         self._parts: Dict[str, list] = {}
 
     def _extend(self, values: Mapping[str, np.ndarray]):
@@ -135,25 +229,29 @@ class HandEvaluator:
         joints = _mask(n, valid, has_joints)
         if joints.any():
             self._extend(joint_metrics(pred_joints[joints], gt_joints[joints]))
+            if self.protocol == "ho3d":
+                self._extend(ho3d_joint_metrics(pred_joints[joints], gt_joints[joints]))
         if pred_verts is None or gt_verts is None:
             return
         verts = _mask(n, valid, has_verts)
         if verts.any():
             pv, gv = np.asarray(pred_verts, np.float32)[verts], np.asarray(gt_verts, np.float32)[verts]
             self._extend(vertex_metrics(pv, gv))
+            if self.protocol == "ho3d":
+                self._extend(ho3d_vertex_metrics(pv, gv))
 
     def add_batch(self, pred_joints, pred_verts, batch: Mapping[str, np.ndarray]):
         self.add(pred_joints, pred_verts, batch["joints3d"], batch.get("vertices"), batch.get("has_joints3d"),
                  batch.get("has_vertices"), batch.get("valid"))
 
     def result(self) -> Dict[str, float]:
-        return summarize({k: np.concatenate(v) for k, v in self._parts.items()})
+        return summarize({k: np.concatenate(v) for k, v in self._parts.items()}, self.protocol)
 
 
 def evaluate(pred_joints, pred_verts, gt_joints, gt_verts, has_joints=None, has_verts=None,
-             batch_size: int = 256) -> Dict[str, float]:
+             batch_size: int = 256, protocol: str = "") -> Dict[str, float]:
     """Protocol metrics of whole arrays (N, 21, 3) / (N, 778, 3), in chunks of ``batch_size``."""
-    ev = HandEvaluator()
+    ev = HandEvaluator(protocol)
     n = len(pred_joints)
     if len(gt_joints) != n or (pred_verts is not None and (len(pred_verts) != n or len(gt_verts) != n)):
         raise ValueError(f"evaluate: predictions and ground truth differ in length ({n} predicted joints, "
