@@ -174,8 +174,16 @@ class DatasetSource(FrameSource):
         return self.adapter.kinds(_flat_kinds(features))
 
     def _data_source(self):
-        source = super()._data_source()
-        return _AdaptedRecords(source, self.adapter) if self.adapter is not None else source
+        if self.adapter is None:
+            return super()._data_source()
+        if self._source is None:  # decoders name the STORED image features (top level)
+            import tensorflow_datasets as tfds
+
+            info = self._builder()
+            skip = {k: tfds.decode.SkipDecoding() for k, kind in FrameSource._feature_kinds(info.info.features).items()
+                    if kind == "image"}
+            self._source = info.as_data_source(split=self.split, decoders=skip)
+        return _AdaptedRecords(self._source, self.adapter)
 
 
 def _mano_side(path: str, side: str):
@@ -208,7 +216,7 @@ class DexYCBAdapter(RecordAdapter):
     def kinds(self, kinds):
         kinds = {k: v for k, v in kinds.items() if k not in ("seg", "object_poses", "ycb_ids", "mano_pose_pca",
                                                             "mano_transl")}
-        kinds.update(mask="image", mano_pose="tensor", transl="tensor", has_mano="tensor", has_transl="tensor",
+        kinds.update(mask="image", has_mask="tensor", mano_pose="tensor", transl="tensor", has_mano="tensor", has_transl="tensor",
                      grasp_object_pose="tensor", grasp_ycb_id="tensor", subject_id="tensor")
         return kinds
 
@@ -216,7 +224,7 @@ class DexYCBAdapter(RecordAdapter):
         from data_pipelines.dexycb import layout
 
         raw = dict(raw)
-        raw["mask"] = raw.pop("seg")
+        raw["mask"], raw["has_mask"] = raw.pop("seg"), np.bool_(True)
         pca = np.asarray(raw.pop("mano_pose_pca"), np.float32)
         side = "right" if bool(raw["is_right"]) else "left"
         basis = self.components.get(side)
@@ -278,6 +286,85 @@ class FPHABAdapter(RecordAdapter):
         digits = re.findall(r"\d+", _text(raw["subject"]))
         raw["subject_id"] = np.int64(int(digits[-1]) if digits else -1)
         return raw
+
+
+@dataclasses.dataclass
+class InterHandAdapter(RecordAdapter):
+    """InterHand2.6M records (:mod:`data_pipelines.interhand`) -> the two-hand sample format
+    (:mod:`data_pipelines.transforms`, "two hands": 42 joints right then left in "ih26m"
+    order, per-hand arrays with the right hand first).
+
+    joints2d / joints3d / joint_valid as stored; ``mano/<hand>/{pose,betas,transl}`` ->
+    ``mano_pose`` (2, 48) made absolute (flat mean) with the MANO model's ``hands_mean`` of
+    each side (``hands_mean[side]``; absent: ``has_mano`` / ``has_transl`` False), ``betas``
+    (2, 10), ``transl`` (2, 3), ``mano_valid`` (2,) (a fit exists); ``hand_valid`` (2,): the
+    hand has a valid joint; ``hand_box`` (2, 4) x0, y0, x1, y1: extent of the hand's valid 2-D
+    joints (zeros for an invalid hand); ``hand_type`` code (0 right, 1 left, 2 interacting),
+    ``interacting`` = code 2, ``rel_root`` = left wrist - right wrist; the annotation box (x, y,
+    w, h) -> ``bbox`` (x1, y1, x2, y2) with ``has_bbox``; ``frame_idx`` -> ``frame_index``;
+    ``subject`` -> ``subject_id``. No vertices are stored (``has_vertices`` False).
+    """
+
+    hands_mean: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    def kinds(self, kinds):
+        kinds = {k: v for k, v in kinds.items() if not k.startswith("mano/") and k != "frame_idx"}
+        kinds.update({k: "tensor" for k in ("mano_pose", "betas", "transl", "mano_valid", "has_mano", "has_transl",
+                                            "hand_valid", "hand_box", "interacting", "rel_root", "has_bbox",
+                                            "frame_index", "subject_id", "vertices", "has_vertices")})
+        return kinds
+
+    def adapt(self, raw):
+        from data_pipelines.interhand import layout
+
+        raw = dict(raw)
+        have_mean = all(self.hands_mean.get(h) is not None for h in layout.HANDS)
+        poses, betas, transl, valid = [], [], [], []
+        for hand in layout.HANDS:
+            pose = np.asarray(raw.pop(f"mano/{hand}/pose"), np.float32).copy()
+            if have_mean:
+                pose[3:] += self.hands_mean[hand]
+            poses.append(pose)
+            betas.append(np.asarray(raw.pop(f"mano/{hand}/betas"), np.float32))
+            transl.append(np.asarray(raw.pop(f"mano/{hand}/transl"), np.float32))
+            valid.append(bool(raw.pop(f"mano/{hand}/valid")))
+            for extra in ("pose_world", "transl_world", "root_j0"):
+                raw[f"mano_{extra}/{hand}"] = raw.pop(f"mano/{hand}/{extra}")
+        raw["mano_pose"], raw["betas"], raw["transl"] = np.stack(poses), np.stack(betas), np.stack(transl)
+        raw["mano_valid"] = np.array(valid)
+        raw["has_mano"] = raw["has_transl"] = np.bool_(have_mean)
+        joint_valid = np.asarray(raw["joint_valid"], bool).reshape(2, 21)
+        joints2d = np.asarray(raw["joints2d"], np.float32).reshape(2, 21, 2)
+        raw["hand_valid"] = joint_valid.any(axis=1)
+        boxes = np.zeros((2, 4), np.float32)
+        for h in range(2):
+            if raw["hand_valid"][h]:
+                pts = joints2d[h][joint_valid[h]]
+                boxes[h] = np.concatenate([pts.min(axis=0), pts.max(axis=0)])
+        raw["hand_box"] = boxes
+        code = int(np.asarray(raw["hand_type"]))
+        raw["hand_type"] = np.int64(code)
+        raw["interacting"] = np.bool_(code == 2)
+        joints3d = np.asarray(raw["joints3d"], np.float32)
+        raw["rel_root"] = joints3d[layout.ROOTS["left"]] - joints3d[layout.ROOTS["right"]]
+        x, y, w, h = (float(v) for v in np.asarray(raw["bbox"], np.float32))
+        raw["bbox"] = np.array([x, y, x + w, y + h], np.float32)
+        raw["has_bbox"] = np.bool_(True)
+        raw["frame_index"] = np.int64(raw.pop("frame_idx"))
+        raw["subject_id"] = np.int64(raw["subject"])
+        raw["vertices"] = np.zeros((2, 778, 3), np.float32)
+        raw["has_vertices"] = np.bool_(False)
+        return raw
+
+
+def _interhand_adapter(data_cfg) -> InterHandAdapter:
+    path = data_cfg.get("mano_model") or ""
+    if not path:
+        return InterHandAdapter({})
+    from handjax import mano
+
+    return InterHandAdapter({side: np.asarray(mano.load_model(path, side).hands_mean, np.float32)
+                             for side in ("right", "left")})
 
 
 # ----------------------------------------------------------------------------- descriptors
@@ -374,6 +461,10 @@ DATASETS: Dict[str, Dataset] = {
                      ("joints2d", "joints3d", "mano", "transl", "object", "subject_id"), video=True,
                      config_aliases=dict(default="hand_object_480"), adapter=lambda cfg: FPHABAdapter(),
                      subset_keys=(None, "sequence")),
+    "interhand": Dataset("data_pipelines.interhand", "5fps_hm", "ih26m",
+                         ("joints2d", "joints3d", "mano", "transl", "bbox", "subject_id"), video=True, hands=2,
+                         config_aliases=dict(default="5fps_hm"), build_kwargs=_interhand_build_kwargs,
+                         adapter=_interhand_adapter, subset_keys=("annot_id", "file_name")),
 }
 
 

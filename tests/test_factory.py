@@ -243,3 +243,167 @@ def test_mixture_bad_entries(synth_dir):
         factory.make_data_factory(synth_cfg(synth_dir, mixture=[("synthetic_hands", 0.0)]))
     with pytest.raises(ValueError, match="data.name='nope'"):
         factory.make_data_factory(synth_cfg(synth_dir, mixture=[("nope", 1.0)]))
+
+
+# ----------------------------------------------------------------------------- real datasets by name
+def _write_builtin_mano_folder(folder):
+    """MANO_RIGHT/LEFT.pkl holding the built-in hands (the DexYCB fixture's model)."""
+    import pickle
+
+    from handjax.mano.builtin import builtin_mano_arrays
+
+    os.makedirs(folder, exist_ok=True)
+    for side in ("right", "left"):
+        with open(os.path.join(folder, f"MANO_{side.upper()}.pkl"), "wb") as fh:
+            pickle.dump(builtin_mano_arrays(side), fh, protocol=4)
+    return str(folder)
+
+
+def _eval_frames(data, split):
+    out = []
+    for b in data(split, "frame", 4, False):
+        for i in np.flatnonzero(b["valid"]):
+            out.append({k: v[i] for k, v in b.items()})
+    return out
+
+
+def test_dexycb_by_name(tmp_path, synth_dir):
+    import jax.numpy as jnp
+
+    from data_pipelines.dexycb import layout
+    from handjax.mano import from_axis_angle, load_model, mano_forward
+    from test_dexycb_data import CAM, SEQS, write_dexycb
+
+    raw = str(tmp_path / "raw")
+    write_dexycb(raw)
+    base = dict(name="dexycb", builder_config="s1", sequences_per_subject=SEQS, serials=[CAM],
+                data_dir=str(tmp_path / "data"), manual_dir=raw, image_size=8, augment={}, num_workers=0)
+    plain = factory.make_data_factory(ml_collections.ConfigDict(base))
+    assert plain.builder_dir.endswith(os.path.join("dexycb", f"s1_seq{SEQS}_cam{CAM}", "1.0.0"))
+    assert plain.joint_convention == "manopth"
+    frames = _eval_frames(plain, "train")
+    assert frames and not any(f["has_mano"] or f["has_transl"] or f["has_vertices"] for f in frames)
+    assert all(f["has_mask"] for f in frames)
+    assert "object_poses" not in frames[0] and frames[0]["grasp_object_pose"].shape == (3, 4)
+    # the mask is the seg's hand label (255), read through the adapter
+    src = factory.DatasetSource(plain.builder_dir, "train", None, factory.DexYCBAdapter({}))
+    f0 = src[0]
+    expected = np.zeros((8, 10), bool)
+    expected[2:5, 3:7] = True
+    np.testing.assert_array_equal(f0["mask"], expected)
+    subjects = {int(f["subject_id"]) for f in frames}
+    assert subjects and all(0 <= s < len(layout.SUBJECTS) for s in subjects)
+
+    # with the MANO model the PCA poses become flat-mean axis-angle that reproduce joint_3d
+    with_mano = factory.make_data_factory(ml_collections.ConfigDict(
+        dict(base, mano_model=_write_builtin_mano_folder(tmp_path / "mano"))))
+    frames = _eval_frames(with_mano, "train")
+    assert all(f["has_mano"] and f["has_transl"] for f in frames)
+    models = {True: load_model(None, "right"), False: load_model(None, "left")}
+    for f in frames:
+        model = models[bool(f["is_right"])]
+        rot = from_axis_angle(model, jnp.asarray(f["mano_pose"]), flat_hand_mean=True)
+        joints = mano_forward(model, rot, jnp.asarray(f["betas"]), jnp.asarray(f["transl"]),
+                              layout.mano_convention()).joints
+        np.testing.assert_allclose(np.asarray(joints), f["joints3d"], atol=2e-5)
+
+    # subject mode (DexYCB carries subject ids)
+    b = next(with_mano("train", "subject", 4, True, num_frames=3))
+    assert b["image"].shape == (4, 3, 8, 8, 3) and np.all(b["subject_id"] == b["subject_id"][:, :1])
+
+    # a mixture with the synthetic data: one batch format, absent labels zero-filled and flagged False
+    mixed = factory.make_data_factory(ml_collections.ConfigDict(dict(base, name="", mixture=[
+        dict(name="synthetic_hands", builder_config="tiny", data_dir=synth_dir, weight=1.0), ("dexycb", 1.0)])))
+    b = next(mixed("train", "frame", 16, True))
+    synth, dex = b["dataset"] == 0, b["dataset"] == 1
+    assert synth.any() and dex.any()
+    assert np.all(b["has_vertices"] == synth) and np.all(b["has_part_seg"] == synth)
+    assert not np.any(b["vertices"][dex]) and not np.any(b["part_seg"][dex])
+    assert np.all(b["has_grasp_object_pose"] == dex) and not np.any(b["grasp_object_pose"][synth])
+    assert np.all(b["has_mask"]) and "has_joints3d" not in b  # both carry joints: no flag needed
+    assert np.all(b["has_mano"][synth]) and not np.any(b["has_mano"][dex])  # no MANO model given
+
+
+def test_fphab_by_name(tmp_path):
+    from test_fphab_data import write_fphab
+
+    root = str(tmp_path / "raw")
+    write_fphab(root)
+    cfg = dict(name="fphab", data_dir=str(tmp_path / "data"), manual_dir=root, image_size=8, augment={},
+               num_workers=0)
+    data = factory.make_data_factory(ml_collections.ConfigDict(cfg))
+    assert data.builder_dir.endswith(os.path.join("fphab", "hand_object_480", "1.0.0"))
+    frames = _eval_frames(data, "train")
+    assert frames
+    for f in frames:
+        p = f["joints3d"].astype(np.float64) @ f["K"].astype(np.float64).T
+        np.testing.assert_allclose(p[:, :2] / p[:, 2:], f["joints2d"], atol=1e-3)
+        assert f["subject_id"] in (1, 3, 4) and f["object_pose"].shape == (4, 4)
+    fitted = [f for f in frames if f["has_mano"]]
+    assert fitted and all(f["subject_id"] == 1 for f in fitted)  # only Subject_1's sequence has fits
+    assert not all(f["has_mano"] for f in frames)
+
+
+@pytest.fixture(scope="module")
+def interhand(tmp_path_factory):
+    from test_interhand_data import true_models, write_interhand, write_mano_models
+
+    tmp = tmp_path_factory.mktemp("ih_factory")
+    mano_dir = write_mano_models(str(tmp / "mano"))
+    raw = str(tmp / "raw")
+    truth = write_interhand(raw, true_models(mano_dir))
+    cfg = dict(name="interhand", data_dir=str(tmp / "data"), manual_dir=raw, mano_model=mano_dir, image_size=8,
+               augment={}, num_workers=0)
+    return {"cfg": cfg, "truth": truth, "models": true_models(mano_dir), "tmp": tmp}
+
+
+def _member_frames(cfg, split, **params):
+    member = factory._Member.create(cfg, 0, None)
+    src = member.source(split, factory.sampling_params(cfg, "frame", params))
+    return [src[r] for r in range(len(src))]
+
+
+def test_interhand_by_name_gives_two_hand_samples(interhand):
+    import jax.numpy as jnp
+
+    from handjax.mano import from_axis_angle, mano_forward
+
+    data = factory.make_data_factory(ml_collections.ConfigDict(interhand["cfg"]))
+    assert data.dataset.hands == 2 and data.joint_convention == "ih26m"
+    frames = _member_frames(interhand["cfg"], "train")
+    truth = interhand["truth"]["train"]
+    assert [int(f["annot_id"]) for f in frames] == sorted(truth)
+    for f in frames:
+        t = truth[int(f["annot_id"])]
+        assert f["joints3d"].shape == (42, 3) and f["mano_pose"].shape == (2, 48) and f["hand_box"].shape == (2, 4)
+        np.testing.assert_array_equal(f["hand_valid"], [t["valid"][:21].any(), t["valid"][21:].any()])
+        np.testing.assert_array_equal(f["mano_valid"], [t["present"]["right"], t["present"]["left"]])
+        assert int(f["hand_type"]) == ("right", "left", "interacting").index(t["hand_type"])
+        np.testing.assert_allclose(f["rel_root"], f["joints3d"][41] - f["joints3d"][20], atol=1e-6)
+        np.testing.assert_allclose(f["bbox"], [1.0, 2.0, 6.0, 8.0])  # (x, y, w, h) -> corners
+        assert f["has_mano"] and not f["has_vertices"]
+        for h, hand in enumerate(("right", "left")):
+            if not t["present"][hand]:
+                continue
+            model = interhand["models"][hand]
+            rot = from_axis_angle(model, jnp.asarray(f["mano_pose"][h]), flat_hand_mean=True)  # absolute pose
+            joints = mano_forward(model, rot, jnp.asarray(f["betas"][h]), jnp.asarray(f["transl"][h]), "ih26m").joints
+            np.testing.assert_allclose(np.asarray(joints), f["joints3d"][21 * h:21 * h + 21], atol=2e-5)
+            valid = t["valid"][21 * h:21 * h + 21]
+            pts = f["joints2d"][21 * h:21 * h + 21][valid]
+            np.testing.assert_allclose(f["hand_box"][h], np.concatenate([pts.min(0), pts.max(0)]), atol=1e-5)
+
+
+def test_interhand_subset_file(interhand, tmp_path):
+    listing = tmp_path / "aid_human_annot_train.txt"
+    listing.write_text("12\n10\n")
+    cfg = dict(interhand["cfg"], subset_file=str(tmp_path / "aid_human_annot_{split}.txt"))
+    assert [int(f["annot_id"]) for f in _member_frames(cfg, "train")] == [10, 12]
+    by_split = dict(interhand["cfg"], subset_file={"train": str(listing)})
+    assert len(_member_frames(by_split, "train")) == 2  # no file for the test split: all of it
+    assert len(_member_frames(by_split, "test")) == len(interhand["truth"]["test"])
+    listing.write_text("10\n99\n98\n")
+    with pytest.raises(ValueError, match=r"2 id\(s\) not in split 'train' of interhand.*99, 98"):
+        _member_frames(cfg, "train")
+    with pytest.raises(FileNotFoundError, match="aid_human_annot_test.txt"):
+        _member_frames(cfg, "test")
