@@ -199,7 +199,7 @@ def _xyz(path, el: _Element, values: np.ndarray) -> np.ndarray:
     names = [name for name, _, _ in el.props]
     missing = [a for a in ("x", "y", "z") if a not in names]
     if missing:
-        raise CorruptFileError(path, f"PLY vertex element has no {missing} propert{'y' if len(missing) == 1 else 'ies'}")
+        raise CorruptFileError(path, f"PLY vertex element lacks the propert(ies) {missing}")
     xyz = values[:, [names.index(a) for a in ("x", "y", "z")]]
     if not np.all(np.isfinite(xyz)):
         raise CorruptFileError(path, "PLY vertices contain non-finite values")
