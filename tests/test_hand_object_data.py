@@ -4,6 +4,7 @@ import glob
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,11 +98,14 @@ def test_canonical_meshes_are_closed_centred_and_mirror_symmetric():
 
 def test_hand_labels_reproduce_mano_and_projection(frames):
     model = load_model(None, "right")
-    for f in frames[::5]:
-        out = mano_forward(model, from_axis_angle(model, jnp.asarray(f["mano_pose"])), jnp.asarray(f["betas"]),
-                           jnp.asarray(f["transl"]), "freihand")
-        np.testing.assert_allclose(np.asarray(out.vertices), f["vertices"], atol=1e-5)
-        np.testing.assert_allclose(np.asarray(out.joints), f["joints3d"], atol=1e-5)
+    fs = frames[::5]
+    stack = lambda key: jnp.asarray(np.stack([f[key] for f in fs]))  # noqa: E731
+    out = jax.jit(lambda pose, betas, transl: mano_forward(model, from_axis_angle(model, pose), betas, transl,
+                                                           "freihand"))(stack("mano_pose"), stack("betas"),
+                                                                        stack("transl"))
+    np.testing.assert_allclose(np.asarray(out.vertices), np.stack([f["vertices"] for f in fs]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.joints), np.stack([f["joints3d"] for f in fs]), atol=1e-5)
+    for f in fs:  # independent pinhole projection in numpy
         K, X = f["K"].astype(np.float64), f["joints3d"].astype(np.float64)
         np.testing.assert_allclose(f["joints2d"], (X @ K.T)[:, :2] / X[:, 2:], atol=1e-3)
 
@@ -165,7 +169,8 @@ def test_object_moves_smoothly_near_the_palm_and_is_textured(frames):
             gap = np.linalg.norm(f["object_vertices"][:, None] - f["vertices"][None], axis=-1).min()
             assert gap < 0.02  # the object touches (or nearly touches) the hand
     # texture: object pixels vary (photometric warping has signal), more than a flat colour would
-    stds = [f["image"][f["object_mask"]].astype(np.float64).std(0).mean() for f in frames if f["object_mask"].sum() > 30]
+    stds = [f["image"][f["object_mask"]].astype(np.float64).std(0).mean() for f in frames
+            if f["object_mask"].sum() > 30]
     assert len(stds) > len(frames) // 2 and np.median(stds) > 12.0
 
 

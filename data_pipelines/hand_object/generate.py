@@ -60,7 +60,8 @@ def render_ahead(jobs: Iterable[Tuple[object, Dict[str, np.ndarray]]],
 @functools.lru_cache(maxsize=None)
 def make_rig() -> Tuple[hand_scene.HandRig, scene_lib.ShapeModel]:
     arrays = builtin_mano_arrays("right")
-    return hand_scene.HandRig.from_arrays(arrays, hand_renderer.posed_centroid), scene_lib.ShapeModel.from_arrays(arrays)
+    rig = hand_scene.HandRig.from_arrays(arrays, hand_renderer.posed_centroid)
+    return rig, scene_lib.ShapeModel.from_arrays(arrays)
 
 
 def sample_split_sequence(cfg, split: str, number: int) -> Dict[str, np.ndarray]:
