@@ -445,6 +445,10 @@ DATASETS: Dict[str, Dataset] = {
     # built-in (generated, licence-free)
     "synthetic_hands": Dataset("data_pipelines.synthetic_hands", "default", "freihand",
                                _HAND_LABELS + ("mask", "part_seg"), video=True, manual=False),
+    "hand_object": Dataset("data_pipelines.hand_object", "default", "freihand",
+                           _HAND_LABELS + ("mask", "part_seg", "object"), video=True, manual=False),
+    "identities": Dataset("data_pipelines.identities", "default", "freihand",
+                          _HAND_LABELS + ("mask", "part_seg", "subject_id"), video=True, manual=False),
     # real (manual download)
     "freihand": Dataset("data_pipelines.freihand", "default", "freihand",
                         ("joints2d", "joints3d", "vertices", "mano", "mask"), video=False,

@@ -236,3 +236,18 @@ def test_pipeline_crops_keep_object_labels_consistent(tiny_dir, meshes):
                     grown = sil | np.roll(sil, 1, 0) | np.roll(sil, -1, 0) | np.roll(sil, 1, 1) | np.roll(sil, -1, 1)
                     assert (mask & grown).sum() >= 0.95 * mask.sum()
     assert flipped > 0
+
+
+def test_reachable_through_the_data_factory(data_dir, tiny_dir):
+    import ml_collections
+
+    from data_pipelines import factory
+
+    cfg = ml_collections.ConfigDict(dict(name="hand_object", builder_config="tiny", data_dir=data_dir, image_size=16,
+                                         joint_convention="", num_workers=0, augment=dict(rotation=10.0)))
+    data = factory.make_data_factory(cfg)
+    assert data.builder_dir == tiny_dir
+    b = next(data("train", "pair", 4, True, unannotated_only=True))
+    assert b["image"].shape == (4, 2, 16, 16, 3) and b["object_mask"].shape == (4, 2, 16, 16)
+    assert b["object_vertices"].shape == (4, 2, objects.NUM_VERTICES, 3) and not b["annotated"][:, 0].any()
+    assert np.all(b["sequence_id"][:, 0] == b["sequence_id"][:, 1]) and b["annotated"][:, 1].all()

@@ -159,3 +159,18 @@ def test_config_errors(tmp_path):
     assert make_config("default", train_subjects=8).name == "default_ns8"
     with pytest.raises(FileNotFoundError, match="metadata.json"):
         load_subjects(tmp_path)
+
+
+def test_reachable_through_the_data_factory(data_dir, tiny_dir):
+    import ml_collections
+
+    from data_pipelines import factory
+
+    cfg = ml_collections.ConfigDict(dict(name="identities", builder_config="tiny", data_dir=data_dir, image_size=16,
+                                         joint_convention="", num_workers=0, augment=dict(rotation=10.0)))
+    data = factory.make_data_factory(cfg)
+    assert data.builder_dir == tiny_dir
+    b = next(data("test", "subject", 2, True, num_frames=5))  # N images of one test subject
+    assert b["image"].shape == (2, 5, 16, 16, 3)
+    assert np.all(b["subject_id"] == b["subject_id"][:, :1]) and set(b["subject_id"].ravel()) <= {3, 4}
+    assert np.all(b["betas"] == b["betas"][:, :1])
