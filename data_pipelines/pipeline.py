@@ -55,6 +55,39 @@ in_window       (B, F) bool       window mode only: True for anchor and positive
 valid           (B,) bool         ``pad_shards`` only: False on a shard's padding samples
 ==============  ================  ==========================================================
 
+Two-hand samples (sources whose frames have 42 joints: the built-in ``two_hands`` person
+crops, InterHand2.6M; :mod:`data_pipelines.transforms` "two hands"). ``crop="hands"``
+(default): a square S x S crop around the union of the valid hands' boxes (DIGIT; side =
+``augment['bbox_pad']`` x its longer side x scale); ``crop="person"``: the whole frame as a
+4:3 person crop of (S, 3S/4) (InterWild; S a multiple of 4). ``augment['flip']`` is 'none'
+or 'random': a flip mirrors the frame and SWAPS the hands (right joints 0..20 <-> left
+21..41, per-hand arrays, validity, boxes, part labels 1..16 <-> 17..32, hand_type 0 <-> 1).
+(H', W') = (S, S) or (S, 3S/4); hand axis 0 right, 1 left:
+
+===============  ====================  =====================================================
+image            L + (H', W', 3) f32   crop, colour-jittered, ImageNet-normalised
+mask             L + (H', W') bool     mask of both hands
+part_seg         L + (H', W') int32    0 bg, 1..16 right / 17..32 left parts (visible hand)
+joints2d         L + (42, 2) f32       crop pixels = project(joints3d, K); right 0..20, left
+                                       21..41, each hand in "ih26m" order (wrists 20, 41)
+joints3d         L + (42, 3) f32       camera frame (rotated with the crop / mirrored)
+joint_valid      L + (42,) bool        stored validity & inside the crop
+vertices         L + (2, 778, 3) f32   idem
+mano_pose        L + (2, 48) f32       per hand: axis-angle, flat mean (right / left model)
+betas            L + (2, 10) f32
+transl           L + (2, 3) f32        MANO translations consistent with the above
+hand_valid       L + (2,) bool         the hand is annotated / in the frame
+hand_box         L + (2, 4) f32        x0, y0, x1, y1 crop pixels: extent of the projected
+                                       joints (+ vertices) clipped to the crop; 0 if invalid
+rel_root         L + (3,) f32          left wrist - right wrist (camera frame of the crop)
+hand_type        L int64               0 right, 1 left, 2 both (handjax.eval.two_hand codes)
+hand_type_valid  L bool
+interacting      L bool                two_hands: closer than 3 cm or overlapping boxes
+K, sequence_id, frame_index, annotated, record, crop_affine (original -> crop pixels,
+the mirror included), aug_*: as above; two_hands adds hand_distance (closest vertices of
+the two hands, m) and kind (sequence kind, see two_hands' metadata ``kinds``).
+===============  ====================  =====================================================
+
 Real datasets (FreiHAND, HO3D, ...) add their own numeric features (e.g. ``eval_index``,
 ``bbox``) and ``has_*`` flags (``has_joints3d``, ``has_vertices``, ``has_mano``,
 ``has_transl``, ``has_mask``, ...: False where a label is absent and zero-filled), see
@@ -75,6 +108,13 @@ from data_pipelines import samplers
 from data_pipelines.samplers import SequenceIndex
 from data_pipelines.transforms import TRAIN_AUGMENT, AugmentConfig, AugmentParams, transform_frame
 from data_pipelines.transforms import rotation_z, warp_labels
+from data_pipelines.transforms import (
+    TWO_HAND_CROPS,
+    TWO_HAND_JOINTS,
+    hand_type_code,
+    person_crop_size,
+    transform_two_hand_frame,
+)
 
 MODES = ("frame", "window", "sparse_pair", "pair", "subject")
 MODE_ALIASES = {"pair": "sparse_pair"}  # the same sampling unit under its short name
@@ -111,6 +151,44 @@ LABEL_DEFAULTS = {
 }
 
 
+# The same for two-hand frames (42 joints; see "Two-hand samples" in the module docstring).
+TWO_HAND_LABEL_DEFAULTS = {
+    "joints3d": ((42, 3), np.float32, "has_joints3d"),
+    "vertices": ((2, 778, 3), np.float32, "has_vertices"),
+    "mano_pose": ((2, 48), np.float32, "has_mano"),
+    "betas": ((2, 10), np.float32, "has_mano"),
+    "transl": ((2, 3), np.float32, "has_transl"),
+}
+
+
+def is_two_hand(frame: Mapping[str, Any]) -> bool:
+    """Whether a decoded frame is a two-hand sample (joints2d of 42 joints, right then left)."""
+    joints = frame.get("joints2d")
+    return joints is not None and np.ndim(joints) == 2 and np.shape(joints)[0] == TWO_HAND_JOINTS
+
+
+def fill_two_hand_defaults(frame: Dict[str, np.ndarray]) -> None:
+    """Defaults of a two-hand frame's labels the dataset lacks (in place): zeros with their
+    ``has_*`` flag False for :data:`TWO_HAND_LABEL_DEFAULTS`; joint_valid all True;
+    hand_valid = the hand has a valid joint; hand_type / hand_type_valid from hand_valid
+    (:func:`data_pipelines.transforms.hand_type_code`); interacting = both hands valid;
+    hand_distance as float32."""
+    for key, (shape, dtype, flag) in TWO_HAND_LABEL_DEFAULTS.items():
+        if key not in frame:
+            frame[key] = np.zeros(shape, dtype)
+            frame[flag] = np.bool_(False)
+    frame["joint_valid"] = np.asarray(frame.get("joint_valid", np.ones(TWO_HAND_JOINTS, bool)), bool)
+    if "hand_valid" not in frame:
+        frame["hand_valid"] = frame["joint_valid"].reshape(2, -1).any(axis=1)
+    frame["hand_valid"] = np.asarray(frame["hand_valid"], bool)
+    code, code_valid = hand_type_code(frame["hand_valid"])
+    frame["hand_type"] = np.int64(frame.get("hand_type", code))
+    frame["hand_type_valid"] = np.bool_(frame.get("hand_type_valid", code_valid))
+    frame["interacting"] = np.bool_(frame.get("interacting", bool(frame["hand_valid"].all())))
+    if "hand_distance" in frame:
+        frame["hand_distance"] = np.float32(frame["hand_distance"])
+
+
 class FrameSource:
     """Random access to the decoded frames of one split of a tfds builder directory.
 
@@ -129,6 +207,8 @@ class FrameSource:
     from ``index``. Frames whose ``mano_pose_relative`` is True (FreiHAND: fingers relative
     to MANO's mean pose) get ``hand_mean`` (45,) added to ``mano_pose[3:]`` (then
     ``mano_pose_relative`` becomes False) or, without ``hand_mean``, ``has_mano`` False.
+    Two-hand frames (42 joints, e.g. ``two_hands``) get :func:`fill_two_hand_defaults`
+    instead of the single-hand label defaults, and no ``is_right``.
     ``index`` is read from the dataset metadata (``metadata['index'][split]``) when present,
     otherwise built by reading every record once.
     """
@@ -206,7 +286,8 @@ class FrameSource:
             if kind == "image" and key not in ("image", "mask", "part_seg") and key in raw:
                 frame[key] = decode_label_image(key, raw[key])
         for key in ("is_right", "annotated"):
-            frame[key] = np.bool_(frame[key])
+            if key in frame:  # two-hand frames have no is_right
+                frame[key] = np.bool_(frame[key])
         for key in ("sequence_id", "frame_index"):
             frame[key] = np.int64(frame[key])
         frame["record"] = np.int64(record)
@@ -219,11 +300,14 @@ class FrameSource:
             if key not in raw:
                 frame[key] = np.zeros((h, w), bool if key == "mask" else np.uint8)
                 frame.setdefault(flag, np.bool_(False))
-        for key, (shape, dtype, flag) in LABEL_DEFAULTS.items():
-            if key not in raw:
-                frame[key] = np.zeros(shape, dtype)
-                frame[flag] = np.bool_(False)
-        frame.setdefault("is_right", np.bool_(True))
+        if is_two_hand(frame):
+            fill_two_hand_defaults(frame)
+        else:
+            for key, (shape, dtype, flag) in LABEL_DEFAULTS.items():
+                if key not in raw:
+                    frame[key] = np.zeros(shape, dtype)
+                    frame[flag] = np.bool_(False)
+            frame.setdefault("is_right", np.bool_(True))
         frame.setdefault("annotated", np.bool_(True))
         frame.setdefault("sequence_id", self.index.sequence_id[record])
         frame.setdefault("frame_index", self.index.frame_index[record])
@@ -291,6 +375,7 @@ class SampleMaker:
     window: int = 3
     num_negatives: int = 0
     num_frames: int = 2
+    crop: Optional[str] = None  # two-hand samples: "hands" (default) or "person"
 
     def rng(self, position: int) -> np.random.Generator:
         epoch, pos = divmod(int(position), self.epoch_length)
@@ -315,8 +400,14 @@ class SampleMaker:
         for r in records:
             params = AugmentParams.sample(rng, self.augment) if self.augment.per_frame else shared
             frame = self.source[r]
-            frames.append(transform_extra_labels(frame, transform_frame(frame, params, self.augment, self.image_size),
-                                                 self.image_size))
+            if is_two_hand(frame):
+                out = transform_two_hand_frame(frame, params, self.augment, self.image_size, self.crop or "hands")
+            elif self.crop is not None:
+                raise ValueError(f"crop={self.crop!r} needs two-hand samples (42 joints); record {r} is a "
+                                 f"single-hand frame")
+            else:
+                out = transform_frame(frame, params, self.augment, self.image_size)
+            frames.append(transform_extra_labels(frame, out, out["image"].shape[:2]))
         if self.mode == "frame":
             return frames[0]
         sample = {key: np.stack([f[key] for f in frames]) for key in frames[0]}
@@ -387,7 +478,8 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
                  window: int = 3, k: int = 2, num_negatives: int = 0, annotated_only: bool = False,
                  unannotated_only: bool = False, shuffle: bool = True, num_epochs: Optional[int] = None,
                  read_threads: int = 0, worker_buffer_size: int = 2, pad_shards: bool = False,
-                 max_distance: Optional[int] = None, num_frames: int = 2) -> grain.IterDataset:
+                 max_distance: Optional[int] = None, num_frames: int = 2, crop: Optional[str] = None
+                 ) -> grain.IterDataset:
     """The batched grain dataset (see module docstring for modes and the batch format).
 
     batch_size is per process (drop remainder). shard_index / shard_count default to
@@ -401,6 +493,9 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
     ceil(N / shard_count) samples, the short ones padded with a repeat of their last sample,
     and each sample carries ``valid`` (False on the padding) so that every process yields the
     same number of batches and every sample is evaluated exactly once.
+
+    crop (two-hand sources only): "hands" (default; square S x S around both hands, DIGIT)
+    or "person" (the whole 4:3 person crop, S x 3S/4, InterWild); see "Two-hand samples".
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -409,7 +504,7 @@ def make_dataset(source: Any, split: str = "train", *, mode: str = "frame", batc
                              num_negatives=num_negatives, annotated_only=annotated_only,
                              unannotated_only=unannotated_only, shuffle=shuffle, num_epochs=num_epochs,
                              read_threads=read_threads, prefetch=max(batch_size, 1) * 2, pad_shards=pad_shards,
-                             max_distance=max_distance, num_frames=num_frames)
+                             max_distance=max_distance, num_frames=num_frames, crop=crop)
     return batch_dataset(ds, batch_size, num_workers=num_workers, worker_buffer_size=worker_buffer_size)
 
 
@@ -429,7 +524,7 @@ def make_sample_dataset(source: Any, split: str = "train", *, mode: str = "frame
                         annotated_only: bool = False, unannotated_only: bool = False, shuffle: bool = True,
                         num_epochs: Optional[int] = None, read_threads: int = 0, prefetch: int = 2,
                         pad_shards: bool = False, max_distance: Optional[int] = None,
-                        num_frames: int = 2) -> grain.IterDataset:
+                        num_frames: int = 2, crop: Optional[str] = None) -> grain.IterDataset:
     """The UNBATCHED grain dataset of samples (arguments as :func:`make_dataset`; ``prefetch``:
     grain's read-ahead buffer in samples). Datasets of several sources are mixed from these
     (:func:`data_pipelines.factory.mix_datasets`) before batching."""
@@ -443,6 +538,10 @@ def make_sample_dataset(source: Any, split: str = "train", *, mode: str = "frame
                          f"{num_negatives}")
     if mode == "subject" and num_frames < 1:
         raise ValueError(f"subject mode needs num_frames >= 1, got {num_frames}")
+    if crop is not None and crop not in TWO_HAND_CROPS:
+        raise ValueError(f"crop must be None (the sample's default) or one of {TWO_HAND_CROPS}, got {crop!r}")
+    if crop == "person":
+        person_crop_size(image_size)  # image_size is the person crop's height: a multiple of 4
     if (shard_index is None) != (shard_count is None):
         raise ValueError("give both shard_index and shard_count, or neither")
     if shard_index is None:
@@ -469,8 +568,18 @@ def make_sample_dataset(source: Any, split: str = "train", *, mode: str = "frame
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    maker = SampleMaker(src, mode, AugmentConfig.from_dict(augment), image_size, seed, shard_index,
-                        per_shard, k=k, window=window, num_negatives=num_negatives, num_frames=num_frames)
+    augment_cfg = AugmentConfig.from_dict(augment)
+    if crop is not None or augment_cfg.flip == "left_to_right":  # fail here, not inside the grain pipeline
+        first = src[int(anchors[0])]
+        if crop is not None and not is_two_hand(first):
+            raise ValueError(f"crop={crop!r} needs two-hand samples (42 joints, e.g. the two_hands dataset); "
+                             f"split {split!r} of this source has single-hand frames")
+        if is_two_hand(first) and augment_cfg.flip == "left_to_right":
+            raise ValueError("augment['flip']='left_to_right' mirrors single left hands into right ones; "
+                             "two-hand samples take 'none' or 'random' (a flip swaps the hands)")
+    maker = SampleMaker(src, mode, augment_cfg, image_size, seed, shard_index,
+                        per_shard, k=k, window=window, num_negatives=num_negatives, num_frames=num_frames,
+                        crop=crop)
     ds = ds.map_with_index(maker)
     if pad_shards:
         ds = ds.map_with_index(_MarkValid(real))

@@ -167,22 +167,34 @@ def crop_box(frame: Mapping[str, np.ndarray], source: str) -> Tuple[np.ndarray, 
     return hand_box(frame["joints2d"], frame.get("mask"), "mask" if source == "mask" else "joints2d")
 
 
-def crop_camera(K: np.ndarray, centre: np.ndarray, side: float, out_size: int, rotation: float,
+def crop_camera(K: np.ndarray, centre: np.ndarray, side: float, out_size, rotation: float,
                 flip: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(R3 (3, 3), K' (3, 3), A (3, 3)) of a square crop (see module docstring).
+    """(R3 (3, 3), K' (3, 3), A (3, 3)) of a crop (see module docstring).
 
-    centre (2,) and side (pixels) give the source square; out_size S; rotation (rad)
-    about the optical axis; flip mirrors x. A maps source pixels to crop pixels.
+    centre (2,) and side (pixels) give the source window: a square of that side, or for a
+    rectangular output out_size = (H, W) a window ``side`` wide with the output's aspect;
+    out_size S (square) or (H, W); rotation (rad) about the optical axis; flip mirrors x.
+    The window centre lands on the output centre ((W-1)/2, (H-1)/2). A maps source pixels
+    to crop pixels.
     """
+    out_h, out_w = _out_hw(out_size)
     K = np.asarray(K, np.float64)
     r3 = rotation_z(rotation) @ (_MIRROR if flip else np.eye(3))
     ray = r3 @ np.linalg.solve(K, np.array([centre[0], centre[1], 1.0]))  # z stays 1
-    sigma = out_size / side
+    sigma = out_w / side
     k_new = np.eye(3)
     k_new[:2, :2] = sigma * K[:2, :2]
-    k_new[:2, 2] = (out_size - 1) / 2.0 - k_new[:2, :2] @ ray[:2]
+    k_new[:2, 2] = np.array([(out_w - 1) / 2.0, (out_h - 1) / 2.0]) - k_new[:2, :2] @ ray[:2]
     affine = k_new @ r3 @ np.linalg.inv(K)
     return r3, k_new, affine
+
+
+def _out_hw(out_size) -> Tuple[int, int]:
+    """An output size S (square) or (H, W) -> (H, W) ints."""
+    if np.ndim(out_size) == 0:
+        return int(out_size), int(out_size)
+    out_h, out_w = (int(v) for v in out_size)
+    return out_h, out_w
 
 
 def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -202,25 +214,27 @@ def _pil_affine(affine: np.ndarray) -> Tuple[float, ...]:
     return (lin[0, 0], lin[0, 1], t[0], lin[1, 0], lin[1, 1], t[1])
 
 
-def _pil_warp(array: np.ndarray, affine: np.ndarray, out_size: int, resample) -> np.ndarray:
+def _pil_warp(array: np.ndarray, affine: np.ndarray, out_size, resample) -> np.ndarray:
     if array.dtype != np.uint8:
         raise ValueError(f"warp: expected a uint8 image, got {array.dtype}")
+    out_h, out_w = _out_hw(out_size)
     img = Image.fromarray(array)
-    return np.asarray(img.transform((out_size, out_size), Image.Transform.AFFINE, _pil_affine(affine),
+    return np.asarray(img.transform((out_w, out_h), Image.Transform.AFFINE, _pil_affine(affine),
                                     resample=resample, fillcolor=0))
 
 
-def warp_image(image: np.ndarray, affine: np.ndarray, out_size: int) -> np.ndarray:
+def warp_image(image: np.ndarray, affine: np.ndarray, out_size) -> np.ndarray:
     """Bilinear resample of a uint8 image (H, W, 3) under the pixel map ``affine`` (source ->
-    output pixel centres) -> (S, S, 3) uint8 (PIL). Sample points inside the image area
+    output pixel centres) -> (S, S, 3) uint8 (PIL; out_size S, or (H', W') for a
+    rectangular output). Sample points inside the image area
     [-0.5, W - 0.5) x [-0.5, H - 0.5) interpolate with edge replication; others are 0."""
     return _pil_warp(image, affine, out_size, Image.Resampling.BILINEAR)
 
 
-def warp_labels(labels: np.ndarray, affine: np.ndarray, out_size: int) -> np.ndarray:
-    """Nearest-neighbour resample of a label map (H, W) (uint8 or bool) -> (S, S), same
-    dtype: output pixel takes source pixel (floor(y + 0.5), floor(x + 0.5)) of its sample
-    point, 0 / False outside the image."""
+def warp_labels(labels: np.ndarray, affine: np.ndarray, out_size) -> np.ndarray:
+    """Nearest-neighbour resample of a label map (H, W) (uint8 or bool) -> (S, S) (or
+    out_size = (H', W')), same dtype: output pixel takes source pixel (floor(y + 0.5),
+    floor(x + 0.5)) of its sample point, 0 / False outside the image."""
     labels = np.asarray(labels)
     if labels.dtype == np.bool_:
         return _pil_warp(labels.astype(np.uint8), affine, out_size, Image.Resampling.NEAREST) > 0
@@ -316,6 +330,264 @@ def transform_frame(frame: Mapping[str, np.ndarray], params: AugmentParams, cfg:
                                                      params.rotation, flip)
     out["K"] = k_new.astype(np.float32)
     out["is_right"] = np.bool_(bool(frame["is_right"]) != flip)
+    out["crop_affine"] = affine.astype(np.float32)
+    out["aug_scale"] = np.float32(params.scale)
+    out["aug_rotation"] = np.float32(params.rotation)
+    out["aug_shift"] = np.asarray(params.shift, np.float32)
+    out["aug_flip"] = np.bool_(flip)
+    out["aug_color"] = np.asarray(params.color, np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------- two hands
+# Two-hand samples (the ``two_hands`` dataset, InterHand2.6M-style): joints (42, .) right hand
+# 0..20 then left hand 21..41, each in handjax's "ih26m" order (wrist last: 20 and 41);
+# per-hand arrays (vertices (2, V, 3), mano_pose (2, 48), betas (2, 10), transl (2, 3),
+# hand_valid (2,), hand_box (2, 4)) have the right hand at index 0 and the left at 1; hand
+# types are handjax.eval.two_hand codes (0 right, 1 left, 2 both hands / interacting).
+HAND_JOINTS = 21
+TWO_HAND_JOINTS = 2 * HAND_JOINTS
+WRISTS = (20, 41)
+HAND_TYPE_RIGHT, HAND_TYPE_LEFT, HAND_TYPE_BOTH = 0, 1, 2
+TWO_HAND_CROPS = ("hands", "person")
+PERSON_ASPECT = (4, 3)  # height : width of InterWild's person crop (512 x 384)
+MIN_VISIBLE_JOINTS = 11  # a hand is in the frame when more than half of its joints are
+INTERACTION_DISTANCE_M = 0.03
+
+
+def project_points(points: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pinhole projection (numpy, float64) of camera-frame points (..., 3) -> pixels (..., 2)."""
+    p = np.asarray(points, np.float64) @ np.asarray(K, np.float64).T
+    return p[..., :2] / p[..., 2:]
+
+
+def in_image(points2d: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(...,) bool: pixel points inside the image area [-0.5, W - 0.5) x [-0.5, H - 0.5)."""
+    x, y = points2d[..., 0], points2d[..., 1]
+    return (x >= -0.5) & (x < width - 0.5) & (y >= -0.5) & (y < height - 0.5)
+
+
+def hand_boxes(points2d: np.ndarray, hand_valid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Per-hand boxes (2, 4) = (x0, y0, x1, y1) pixels: the extent of each hand's projected
+    points (2, N, 2) (joints and, when known, vertices) clipped to the image area
+    [-0.5, W - 0.5] x [-0.5, H - 0.5]; all zeros for an invalid hand or an empty clip."""
+    boxes = np.zeros((2, 4), np.float32)
+    for h in range(2):
+        pts = np.asarray(points2d[h], np.float64)
+        lo = np.maximum(pts.min(axis=0), -0.5)
+        hi = np.minimum(pts.max(axis=0), np.array([width - 0.5, height - 0.5]))
+        if bool(hand_valid[h]) and np.all(hi > lo):
+            boxes[h] = np.concatenate([lo, hi])
+    return boxes
+
+
+def boxes_overlap(boxes: np.ndarray) -> bool:
+    """Whether the two (non-empty) boxes (2, 4) intersect with a positive area."""
+    a, b = np.asarray(boxes, np.float64)
+    if not (np.all(a[2:] > a[:2]) and np.all(b[2:] > b[:2])):
+        return False
+    return bool(min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]))
+
+
+def hand_type_code(hand_valid: np.ndarray) -> Tuple[int, bool]:
+    """(hand_type, hand_type_valid) from the per-hand validity (right, left): 2 with both
+    hands, 0 right only, 1 left only; (0, False) without a hand."""
+    right, left = (bool(v) for v in hand_valid)
+    if right and left:
+        return HAND_TYPE_BOTH, True
+    if right or left:
+        return (HAND_TYPE_RIGHT if right else HAND_TYPE_LEFT), True
+    return HAND_TYPE_RIGHT, False
+
+
+def two_hand_labels(joints2d: np.ndarray, joints3d: np.ndarray, vertices2d: Optional[np.ndarray],
+                    hand_distance: float, height: int, width: int) -> Dict[str, np.ndarray]:
+    """Frame-level labels of a two-hand frame from its geometry.
+
+    joints2d (42, 2), joints3d (42, 3), vertices2d (2, V, 2) projected vertices or None.
+    hand_valid (2,): the hand is in front of the camera with at least MIN_VISIBLE_JOINTS of
+    its 21 joints inside the image; joint_valid (42,): the joint is inside the image and its
+    hand valid; hand_box (2, 4): :func:`hand_boxes` of joints + vertices; hand_type /
+    hand_type_valid: :func:`hand_type_code`; interacting: both hands valid and closer than
+    INTERACTION_DISTANCE_M (``hand_distance``, closest vertices) or with overlapping boxes;
+    rel_root (3,): left wrist - right wrist.
+    """
+    joints2d, joints3d = np.asarray(joints2d, np.float64), np.asarray(joints3d, np.float64)
+    inside = in_image(joints2d, height, width) & (joints3d[:, 2] > 0)
+    per_hand = inside.reshape(2, HAND_JOINTS)
+    in_front = np.all(joints3d[:, 2].reshape(2, HAND_JOINTS) > 0, axis=1)
+    hand_valid = in_front & (per_hand.sum(axis=1) >= MIN_VISIBLE_JOINTS)
+    points = joints2d.reshape(2, HAND_JOINTS, 2)
+    if vertices2d is not None:
+        points = np.concatenate([points, np.asarray(vertices2d, np.float64)], axis=1)
+    boxes = hand_boxes(points, hand_valid, height, width)
+    code, code_valid = hand_type_code(hand_valid)
+    both = bool(hand_valid.all())
+    return {
+        "hand_valid": hand_valid,
+        "joint_valid": (per_hand & hand_valid[:, None]).reshape(TWO_HAND_JOINTS),
+        "hand_box": boxes,
+        "hand_type": np.int64(code),
+        "hand_type_valid": np.bool_(code_valid),
+        "interacting": np.bool_(both and (hand_distance < INTERACTION_DISTANCE_M or boxes_overlap(boxes))),
+        "rel_root": (joints3d[WRISTS[1]] - joints3d[WRISTS[0]]).astype(np.float32),
+    }
+
+
+def _swap_hands(x: np.ndarray) -> np.ndarray:
+    """Swap the right / left halves of a per-hand (2, ...) or per-joint (42, ...) array."""
+    x = np.asarray(x)
+    if x.shape[0] == 2:
+        return x[::-1].copy()
+    if x.shape[0] == TWO_HAND_JOINTS:
+        return np.concatenate([x[HAND_JOINTS:], x[:HAND_JOINTS]])
+    raise ValueError(f"two-hand array: expected a leading axis of 2 hands or 42 joints, got {x.shape}")
+
+
+_PER_HAND_KEYS = ("joints2d", "joints3d", "joint_valid", "vertices", "mano_pose", "betas", "transl", "hand_valid",
+                  "hand_box")
+
+
+def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The exact horizontal mirror image of a decoded two-hand frame (image width W).
+
+    Pixels: column j -> W - 1 - j (image, mask, part_seg with classes 1..16 <-> 17..32);
+    camera: X -> M X (M = diag(-1, 1, 1)) with K' (cx' = W - 1 - cx, skew negated) so that
+    project(K', M X) = (W - 1 - u, v). The mirrored right hand is the new LEFT hand: every
+    per-hand / per-joint label is mirrored and the two hands swapped (joints 0..20 <->
+    21..41, vertices, MANO pose mirrored for the other side's model with its translation
+    fixed (:func:`transform_mano`), betas, validity, boxes); hand_type 0 <-> 1; rel_root
+    recomputed. Applying it twice gives the frame back.
+    """
+    out = dict(frame)
+    width = np.asarray(frame["image"]).shape[1]
+    out["image"] = np.ascontiguousarray(np.asarray(frame["image"])[:, ::-1])
+    if "mask" in frame:
+        out["mask"] = np.ascontiguousarray(np.asarray(frame["mask"])[:, ::-1])
+    if "part_seg" in frame:
+        out["part_seg"] = flip_part_labels(np.ascontiguousarray(np.asarray(frame["part_seg"])[:, ::-1]))
+    K = np.array(frame["K"], np.float64)
+    K[0, 2] = width - 1 - K[0, 2]
+    K[0, 1] = -K[0, 1]
+    out["K"] = K.astype(np.asarray(frame["K"]).dtype)
+    joints3d = np.asarray(frame["joints3d"], np.float64)
+    mirrored = {
+        "joints2d": np.asarray(frame["joints2d"], np.float64) * np.array([-1.0, 1.0]) + np.array([width - 1, 0.0]),
+        "joints3d": joints3d @ _MIRROR,
+    }
+    if "vertices" in frame:
+        mirrored["vertices"] = np.asarray(frame["vertices"], np.float64) @ _MIRROR
+    if "mano_pose" in frame:
+        pose, transl = np.asarray(frame["mano_pose"]), np.asarray(frame["transl"])
+        new = [transform_mano(pose[h], transl[h], joints3d[WRISTS[h]], 0.0, True) for h in range(2)]
+        mirrored["mano_pose"] = np.stack([p for p, _ in new])
+        mirrored["transl"] = np.stack([t for _, t in new])
+    if "hand_box" in frame:
+        box = np.asarray(frame["hand_box"], np.float64)
+        flipped = np.stack([width - 1 - box[:, 2], box[:, 1], width - 1 - box[:, 0], box[:, 3]], axis=1)
+        mirrored["hand_box"] = np.where(np.any(box != 0, axis=1, keepdims=True), flipped, 0.0)
+    for key in _PER_HAND_KEYS:
+        if key in frame:
+            value = mirrored.get(key, frame[key])
+            out[key] = _swap_hands(value).astype(np.asarray(frame[key]).dtype)
+    if "hand_type" in frame and bool(frame.get("hand_type_valid", True)):  # no hand: nothing to swap
+        code = int(frame["hand_type"])
+        swapped = {HAND_TYPE_RIGHT: HAND_TYPE_LEFT, HAND_TYPE_LEFT: HAND_TYPE_RIGHT}.get(code, code)
+        out["hand_type"] = np.asarray(swapped, np.asarray(frame["hand_type"]).dtype)
+    out["rel_root"] = (out["joints3d"][WRISTS[1]] - out["joints3d"][WRISTS[0]]).astype(np.float32)
+    return out
+
+
+def two_hand_crop_box(frame: Mapping[str, np.ndarray]) -> Tuple[np.ndarray, float]:
+    """(centre (2,), longer side) of the union of the valid hands' boxes (``hand_box``, or
+    the valid joints' extent when the frame has no boxes); the whole image without a
+    valid hand."""
+    h, w = np.asarray(frame["image"]).shape[:2]
+    valid = np.asarray(frame["hand_valid"], bool)
+    if "hand_box" in frame:
+        boxes = np.asarray(frame["hand_box"], np.float64)[valid]
+        boxes = boxes[np.all(boxes[:, 2:] > boxes[:, :2], axis=1)]
+    else:
+        pts = np.asarray(frame["joints2d"], np.float64)[np.asarray(frame["joint_valid"], bool)]
+        boxes = np.concatenate([pts.min(0), pts.max(0)])[None] if len(pts) else np.zeros((0, 4))
+    if len(boxes) == 0:
+        return np.array([(w - 1) / 2.0, (h - 1) / 2.0]), float(max(h, w))
+    lo, hi = boxes[:, :2].min(axis=0), boxes[:, 2:].max(axis=0)
+    return (lo + hi) / 2.0, float(max(max(hi - lo), 1.0))
+
+
+def person_crop_size(image_size: int) -> Tuple[int, int]:
+    """(H, W) output of the person crop for ``image_size`` = its height (a multiple of 4)."""
+    if image_size < PERSON_ASPECT[0] or image_size % PERSON_ASPECT[0]:
+        raise ValueError(f"crop='person': image_size is the output height of a {PERSON_ASPECT[0]}:"
+                         f"{PERSON_ASPECT[1]} crop and must be a positive multiple of {PERSON_ASPECT[0]}, "
+                         f"got {image_size}")
+    return image_size, image_size * PERSON_ASPECT[1] // PERSON_ASPECT[0]
+
+
+def transform_two_hand_frame(frame: Mapping[str, np.ndarray], params: AugmentParams, cfg: AugmentConfig,
+                             image_size: int, crop: str) -> Dict[str, np.ndarray]:
+    """Flip / crop / rotate / colour-jitter / normalise one decoded two-hand frame.
+
+    The flip (``cfg.flip`` 'random' with the sample's coin; 'none') is the exact mirror
+    :func:`mirror_two_hand_frame` (hands swapped); then ONE affine warp cuts the crop:
+
+    * ``crop="hands"`` (DIGIT): a square (S, S) around the union of the valid hands' boxes,
+      side = bbox_pad * its longer side * scale (DIGIT: bbox_pad 1.25);
+    * ``crop="person"`` (InterWild): the whole frame as a 4:3 person crop (S, 3S/4), S =
+      image_size; the window is the smallest 4:3 box around the image, times scale.
+
+    Both take shift (fraction of the window) and rotation. Labels follow the crop: joints2d
+    = A(joints2d), 3-D points rotated, MANO root / translation updated per hand, K' the
+    crop intrinsics, hand boxes recomputed from the projected joints and vertices and
+    clipped to the crop, joint_valid &= inside the crop, rel_root recomputed.
+    ``crop_affine`` maps the ORIGINAL frame's pixels to the crop's (the mirror included;
+    with a flip, joint i of the output is then A(original joint of the other hand)).
+    """
+    if crop not in TWO_HAND_CROPS:
+        raise ValueError(f"two-hand crop must be one of {TWO_HAND_CROPS}, got {crop!r}")
+    if cfg.flip == "left_to_right":
+        raise ValueError("augment['flip']='left_to_right' mirrors single left hands into right ones; two-hand "
+                         "samples take 'none' or 'random' (a flip swaps the hands)")
+    flip = cfg.flip == "random" and params.coin
+    frame = mirror_two_hand_frame(frame) if flip else dict(frame)
+    h, w = np.asarray(frame["image"]).shape[:2]
+    if crop == "hands":
+        out_hw = (int(image_size), int(image_size))
+        centre, side = two_hand_crop_box(frame)
+        side = side * cfg.bbox_pad * params.scale
+        centre = centre + params.shift * side
+    else:
+        out_hw = person_crop_size(int(image_size))
+        side = max(w, h * PERSON_ASPECT[1] / PERSON_ASPECT[0]) * params.scale
+        centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0]) + params.shift * np.array(
+            [side, side * PERSON_ASPECT[0] / PERSON_ASPECT[1]])
+    r3, k_new, affine = crop_camera(frame["K"], centre, side, out_hw, params.rotation, False)
+
+    out = dict(frame)
+    image = warp_image(frame["image"], affine, out_hw).astype(np.float32) * np.float32(1.0 / 255.0)
+    out["image"] = normalize(color_jitter(image, params.color))
+    out["mask"] = warp_labels(np.asarray(frame["mask"], bool), affine, out_hw)
+    out["part_seg"] = warp_labels(np.asarray(frame["part_seg"], np.uint8), affine, out_hw).astype(np.int32)
+    joints2d = apply_affine(np.asarray(frame["joints2d"], np.float64), affine)
+    out["joints2d"] = joints2d.astype(np.float32)
+    joints3d = np.asarray(frame["joints3d"], np.float64)
+    out["joints3d"] = (joints3d @ r3.T).astype(np.float32)
+    out["vertices"] = (np.asarray(frame["vertices"], np.float64) @ r3.T).astype(np.float32)
+    new = [transform_mano(frame["mano_pose"][i], frame["transl"][i], joints3d[WRISTS[i]], params.rotation, False)
+           for i in range(2)]
+    out["mano_pose"] = np.stack([p for p, _ in new])
+    out["transl"] = np.stack([t for _, t in new])
+    out["K"] = k_new.astype(np.float32)
+    hand_valid = np.asarray(frame["hand_valid"], bool)
+    points = joints2d.reshape(2, HAND_JOINTS, 2)
+    if bool(frame.get("has_vertices", True)):
+        points = np.concatenate([points, project_points(out["vertices"], k_new)], axis=1)
+    out["hand_box"] = hand_boxes(points, hand_valid, *out_hw)
+    out["joint_valid"] = np.asarray(frame["joint_valid"], bool) & in_image(joints2d, *out_hw)
+    out["rel_root"] = (out["joints3d"][WRISTS[1]] - out["joints3d"][WRISTS[0]]).astype(np.float32)
+    if flip:  # source pixels -> mirrored pixels (x -> W - 1 - x) -> crop
+        affine = affine @ np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     out["crop_affine"] = affine.astype(np.float32)
     out["aug_scale"] = np.float32(params.scale)
     out["aug_rotation"] = np.float32(params.rotation)
