@@ -407,3 +407,15 @@ def test_interhand_subset_file(interhand, tmp_path):
         _member_frames(cfg, "train")
     with pytest.raises(FileNotFoundError, match="aid_human_annot_test.txt"):
         _member_frames(cfg, "test")
+
+
+def test_interhand_batches_through_the_factory(interhand, synth_dir):
+    data = factory.make_data_factory(ml_collections.ConfigDict(dict(interhand["cfg"], crop="person")))
+    b = next(data("train", "window", 2, True, k=2, window=5))
+    assert b["image"].shape == (2, 2, 8, 6, 3) and b["joints2d"].shape == (2, 2, 42, 2)
+    assert b["mano_pose"].shape == (2, 2, 2, 48) and b["hand_valid"].shape == (2, 2, 2)
+    assert np.all(b["sequence_id"] == b["sequence_id"][:, :1])
+    evals = list(factory.make_data_factory(ml_collections.ConfigDict(interhand["cfg"]))("test", "frame", 4, False))
+    assert sum(int(e["valid"].sum()) for e in evals) == len(interhand["truth"]["test"])
+    with pytest.raises(ValueError, match="data.crop='person' is for two-hand datasets"):
+        factory.make_data_factory(synth_cfg(synth_dir, crop="person"))
