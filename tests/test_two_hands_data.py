@@ -333,3 +333,21 @@ def test_errors_name_the_problem(train, data_dir):
     with pytest.raises(ValueError, match="left_to_right.*two-hand samples"):
         make_pipeline(train, batch_size=2, image_size=32, augment=dict(flip="left_to_right"), shard_index=0,
                       shard_count=1)
+
+
+def test_reachable_from_the_data_factory(tiny_dir, data_dir):
+    """data.name='two_hands' (factory descriptor): two-hand batches, square crops by default."""
+    import ml_collections
+
+    from data_pipelines import factory
+
+    assert factory.DATASETS["two_hands"].hands == 2 and factory.DATASETS["two_hands"].joint_convention == "ih26m"
+    cfg = ml_collections.ConfigDict(dict(name="two_hands", builder_config="tiny", data_dir=data_dir, image_size=32,
+                                         joint_convention="", num_workers=0, augment=dict(flip="random")))
+    data = factory.make_data_factory(cfg)
+    assert data.builder_dir == tiny_dir
+    b = next(data("train", "frame", 4, True))
+    assert b["image"].shape == (4, 32, 32, 3) and b["joints2d"].shape == (4, 42, 2)
+    assert b["vertices"].shape == (4, 2, 778, 3) and b["hand_valid"].shape == (4, 2)
+    w = next(data("train", "window", 2, True, k=2, window=1))
+    assert w["joints3d"].shape == (2, 2, 42, 3) and np.all(w["sequence_id"] == w["sequence_id"][:, :1])
