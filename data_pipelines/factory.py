@@ -40,7 +40,8 @@ Config keys of ``data`` (besides name):
   at build time), ``image_size``, ``augment``, ``num_workers``, ``eval_crop`` (dict of
   ``crop_from`` / ``bbox_pad``, overrides the descriptor's), ``joint_convention`` (the joint
   order of the batches: the dataset's joints are re-ordered by joint name into it; empty = the
-  dataset's own order);
+  dataset's own order), ``crop`` (two-hand datasets: 'hands' square crop around both hands,
+  the default, or 'person' 4:3 person crop);
 * ``sampling.<mode>``: per-mode defaults of the sampling parameters (below), overridden by the
   caller's keyword arguments; ``sampling.fraction`` / ``sampling.fraction_seed``: every mode's. The legacy keys ``window`` / ``extra_negatives`` are window mode's
   ``window`` / ``num_negatives`` defaults;
@@ -723,6 +724,9 @@ class _Member:
     def create(data_cfg: Dict[str, Any], seed: int, target_convention: Optional[str]) -> "_Member":
         name = data_cfg.get("name") or ""
         desc = get_dataset(name)
+        if data_cfg.get("crop") and desc.hands != 2:
+            raise ValueError(f"config key data.crop={data_cfg['crop']!r} is for two-hand datasets; {name!r} has "
+                             "single-hand samples")
         target = target_convention or desc.joint_convention
         return _Member(name, desc, data_cfg, _builder_dir(name, desc, data_cfg), _hand_mean(desc, data_cfg),
                        desc.adapter(data_cfg) if desc.adapter else None,
@@ -756,6 +760,8 @@ class _Member:
                 args[key] = int(args[key])
         if args.get("max_distance") is not None:
             args["max_distance"] = int(args["max_distance"])
+        if self.cfg.get("crop"):  # two-hand samples: "hands" (square around both, DIGIT) or "person" (InterWild)
+            args["crop"] = str(self.cfg["crop"])
         source = self.source(split, params)
         image_size = int(self.cfg["image_size"])
         augment = dict(self.cfg.get("augment") or {})
