@@ -88,6 +88,12 @@ the mirror included), aug_*: as above; two_hands adds hand_distance (closest ver
 the two hands, m) and kind (sequence kind, see two_hands' metadata ``kinds``).
 ===============  ====================  =====================================================
 
+The built-in ``hand_object`` dataset adds (cropped with the frame by :func:`transform_extra_labels`):
+``hand_mask`` / ``object_mask`` L + (S, S) bool (``mask`` is their union), ``object_id`` L
+int64, ``object_rot`` L + (3, 3) f32 and ``object_transl`` L + (3,) f32 (canonical object ->
+crop camera), ``object_vertices`` L + (Vo, 3) f32 and ``object_mirrored`` L bool (a flip
+mirrored the canonical mesh: x -> -x); ``identities`` adds ``subject_id`` L int64.
+
 Real datasets (FreiHAND, HO3D, ...) add their own numeric features (e.g. ``eval_index``,
 ``bbox``) and ``has_*`` flags (``has_joints3d``, ``has_vertices``, ``has_mano``,
 ``has_transl``, ``has_mask``, ...: False where a label is absent and zero-filled), see
