@@ -15,36 +15,25 @@ whole 224x224 image. ``data.manual_dir`` builds the dataset first if it is not b
 Arguments (``configs/eval_freihand.py:key=value``): size=default|tiny (tiny: ResNet-18,
 32x32 crops, MLP 64-64, for tests on fixtures).
 """
-import importlib.util
-import os
-
 from handjax.config_utils import parse_arg
-
-
-def _tempclr_config(arg: str):
-    spec = importlib.util.spec_from_file_location("handjax_configs_tempclr",
-                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                               "tempclr.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from handjax.configs import tempclr
 
 
 def get_config(arg=None):
     a = parse_arg(arg, size="default")
     if a.size not in ("default", "tiny"):
         raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
-    c = _tempclr_config("recipe=freihand")
+    c = tempclr.get_config("recipe=freihand")
     c.stages = "eval"
     c.data.builder_config = "default"
     c.data.manual_dir = ""  # raw download: built into data_dir if the dataset is not built yet
     c.data.mano_model = ""  # MANO_RIGHT.pkl: absolute FreiHAND poses for training (not needed to evaluate)
     c.data.eval_crop = dict(crop_from="image", bbox_pad=1.0)  # TempCLR: whole 224 image -> 256
-    c.model.depth = 50
+    c.model.backbone = "resnet50"
     c.model.hidden = (1024, 1024)
     c.eval = dict(split="evaluation", batch_size=32, checkpoint="", protocol="freihand", pred_json="")
     if a.size == "tiny":
-        c.model.depth = 18
+        c.model.backbone = "resnet18"
         c.model.hidden = (64, 64)
         c.model.projection = (64, 32)
         c.data.image_size = 32

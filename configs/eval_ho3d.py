@@ -17,19 +17,8 @@ MLP 1024-1024, 3 stages, 256x256 crops of side 2 x the longer side of ``handBoun
 Arguments (``configs/eval_ho3d.py:key=value,...``): version=v2|v3; size=default|tiny (tiny:
 32x32 crops, MLP 64-64, for tests on fixtures).
 """
-import importlib.util
-import os
-
 from handjax.config_utils import parse_arg
-
-
-def _tempclr_config(arg: str):
-    spec = importlib.util.spec_from_file_location("handjax_configs_tempclr",
-                                                  os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                               "tempclr.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from handjax.configs import tempclr
 
 
 def get_config(arg=None):
@@ -38,13 +27,13 @@ def get_config(arg=None):
         raise ValueError(f"config argument 'version' must be v2 or v3, got {a.version!r}")
     if a.size not in ("default", "tiny"):
         raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
-    c = _tempclr_config("recipe=ho3d")
+    c = tempclr.get_config("recipe=ho3d")
     c.stages = "eval"
     c.data.builder_config = a.version
     c.data.manual_dir = ""  # raw download: built into data_dir if the dataset is not built yet
     c.data.mano_model = ""  # MANO_RIGHT.pkl used when building: stores GT vertices for PA-MPVPE / F-scores
     c.data.eval_crop = dict(crop_from="bbox", bbox_pad=2.0)  # TempCLR: square of 2 x max(w, h) of the box
-    c.model.depth = 18
+    c.model.backbone = "resnet18"
     c.model.hidden = (1024, 1024)
     c.eval = dict(split="evaluation", batch_size=32, checkpoint="", protocol="ho3d", pred_json="")
     if a.size == "tiny":

@@ -32,3 +32,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         else:
             out[key] = value
     return out
+
+
+def optim(lr, warmup, schedule="cosine", name="adam", weight_decay=0.0) -> dict:
+    """An optimizer section (``handjax.train.optim``) with the defaults every recipe shares."""
+    return dict(name=name, lr=lr, schedule=schedule, warmup_steps=warmup, weight_decay=weight_decay,
+                grad_clip=0.0, final_lr_fraction=0.0, momentum=0.9, decay_steps=(), decay_rate=0.1)

@@ -15,14 +15,17 @@ files; checkpoints are written by all processes together.
 ``HANDJAX_MALLOC=default`` keeps glibc's default allocator behaviour (see
 ``handjax.host_memory``); ``HANDJAX_COMPILATION_CACHE=off`` disables the compilation cache.
 
-Exit codes: 0 done; 75 (``handjax.distributed.PREEMPTED_EXIT_CODE``) stopped on a
-preemption notice (SIGTERM) after writing a checkpoint: run the same command to resume.
+Exit codes: 0 done; 1 an error (expected mistakes such as an unknown config key, a bad value
+or a missing file print one line naming the key or file; ``--verbose`` or
+``HANDJAX_TRACEBACK=1`` shows the traceback); 75 (``handjax.distributed.PREEMPTED_EXIT_CODE``)
+stopped on a preemption notice (SIGTERM), at any point of the run (start-up, data building,
+training after writing a checkpoint, evaluation): run the same command to continue.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
+import pickle
 import sys
 
 from absl import app, flags, logging
@@ -38,9 +41,14 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: num
                                       "(default $HANDJAX_NUM_PROCESSES).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's id in [0, num_processes) "
                                    "(default $HANDJAX_PROCESS_ID).")
+_VERBOSE = flags.DEFINE_boolean("verbose", False, "Show the full traceback of errors (also HANDJAX_TRACEBACK=1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-SYSTEMS = {"tempclr": "handjax.train.tempclr"}
+TRACEBACK_ENV = "HANDJAX_TRACEBACK"
+TRACEBACK_HINT = "(for the traceback: rerun with --verbose, or set HANDJAX_TRACEBACK=1)"
+# expected mistakes (bad config values, missing or damaged files, unwritable paths, a diverging loss): one
+# clear message. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError, FloatingPointError)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -59,7 +67,57 @@ def _enable_compilation_cache():
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _verbose(argv=None) -> bool:
+    if os.environ.get(TRACEBACK_ENV, "").lower() not in ("", "0", "false", "no", "off"):
+        return True
+    if argv is not None:  # before the flags are parsed
+        return any(a in ("--verbose", "--verbose=true", "--verbose=1") for a in argv)
+    return bool(_VERBOSE.value)
+
+
+def _fail(message: str) -> None:
+    print(f"handjax: error: {message}\n{TRACEBACK_HINT}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a config override that names no existing key reported in one line
+    naming the flag (ml_collections raises a bare AttributeError / KeyError with the key only)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.",
+              file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if _verbose(argv):
+            raise
+        key = str(e).strip("\"'")
+        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        culprit = next((a for a in overrides if a.split(".")[-1] == key or f".{key}." in a + "."), None)
+        if culprit is not None:
+            _fail(f"{culprit}: unknown config key {key!r}")
+        _fail(f"--config: {type(e).__name__}: {e}")
+
+
 def main(argv):
+    """Entry point: :func:`run_main`, with preemption (exit 75) and expected errors (one line)."""
+    from handjax import distributed
+
+    try:
+        run_main(argv)
+    except distributed.Preempted as e:
+        if distributed.is_main():
+            print(f"{e}; exiting with code {distributed.PREEMPTED_EXIT_CODE}", flush=True)
+        distributed.shutdown()
+        sys.exit(distributed.PREEMPTED_EXIT_CODE)
+    except EXPECTED_ERRORS as e:
+        if _verbose():
+            raise
+        _fail(str(e) or type(e).__name__)
+
+
+def run_main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # keep library INFO chatter (orbax, tfds) out of the progress lines
@@ -69,6 +127,9 @@ def main(argv):
     from handjax import distributed
 
     try:  # before any other JAX use
+        plan = distributed.plan(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if plan.mode == "single":  # SIGTERM from here on: stop cleanly (exit 75); several processes: JAX's
+            distributed.install_preemption_handler()  # preemption service takes SIGTERM at initialize
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
@@ -77,26 +138,29 @@ def main(argv):
 
     from data_pipelines.factory import make_data_factory
     from handjax.models.checkpoint import resolve_path
-    from handjax.train.loop import Preempted
 
     cfg = _CONFIG.value
     workdir = resolve_path(_WORKDIR.value)
-    if cfg.system not in SYSTEMS:
-        raise app.UsageError(f"config key 'system': unknown system {cfg.system!r}; known: {sorted(SYSTEMS)}")
+    from etils import epath
+    if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+        raise NotADirectoryError(f"--workdir must be a directory: {workdir} is a file")
+    from handjax.train import runner
+    from handjax.train.system import get_system
+
+    try:
+        system = get_system(cfg.system)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     main_process = distributed.is_main()
     if main_process:
         from etils import epath
         epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         _write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
         print(f"config written to {os.path.join(workdir, 'config.json')}", flush=True)
-    data = make_data_factory(cfg.data, seed=cfg.seed)
-    try:
-        results = importlib.import_module(SYSTEMS[cfg.system]).run(cfg, workdir, data)
-    except Preempted as e:
-        if main_process:
-            print(f"{e}; exiting with code {distributed.PREEMPTED_EXIT_CODE}", flush=True)
-        distributed.shutdown()
-        sys.exit(distributed.PREEMPTED_EXIT_CODE)
+    distributed.check_preemption("start-up")
+    data = make_data_factory(cfg.data, seed=cfg.seed)  # may build the data set (abandoned on SIGTERM)
+    distributed.check_preemption("start-up (after preparing the data)")
+    results = runner.run(system, cfg, workdir, data)  # Preempted: exit 75 in main()
     if main_process:
         _write_text(os.path.join(workdir, "results.json"), json.dumps(results, indent=2, default=float))
         print(f"\nTensorBoard logs: tensorboard --logdir {workdir}\n"
@@ -105,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -253,7 +253,7 @@ def save_random_tempclr_model(cfg, directory, seed: int = 0) -> None:
 
     pure = jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state))
     nnx.replace_by_pure_dict(state, pure)
-    save_model(nnx.merge(graphdef, state), os.fspath(directory), {"system": "tempclr", "depth": int(cfg.model.depth)})
+    save_model(nnx.merge(graphdef, state), os.fspath(directory), {"system": "tempclr", "backbone": str(cfg.model.backbone)})
 
 
 def run_main(args: Sequence[str], timeout: int = 300) -> str:

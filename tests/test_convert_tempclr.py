@@ -42,7 +42,7 @@ from handjax.convert.tempclr import (  # noqa: E402
 )
 from handjax.mano.builtin import builtin_mano_arrays  # noqa: E402
 from handjax.models.resnet import ResNet  # noqa: E402
-from handjax.models.tempclr import decode  # noqa: E402
+from handjax.models.tempclr import decode, weak_perspective  # noqa: E402
 from handjax.models.checkpoint import load_model  # noqa: E402
 from torch_reference.resnet_torch import ResNet as TorchResNet  # noqa: E402
 
@@ -367,18 +367,18 @@ def test_converted_model_matches_torch_forward(release, reference_run):
     @nnx.jit
     def forward(model, images):
         stages = model(images)
-        return stages, decode(stages[-1], mano_model, convention="tempclr")
+        return stages, decode(stages[-1], mano_model, 224, convention="tempclr"), weak_perspective(stages[-1])
 
-    stages, out = forward(model, images)
+    stages, out, (scale, trans) = forward(model, images)
     assert len(stages) == 3
     for k in range(3):
         close(stages[k], ref["stages"][k], f"stage {k}")
-    close(out["rotmats"], ref["rotmats"], "rotmats")
-    close(out["vertices"], ref["vertices"], "vertices")
-    close(out["joints"], ref["joints"], "joints")
-    close(out["camera_scale"], ref["scale"], "camera scale")
-    close(out["camera_translation"], ref["translation"], "camera translation")
-    close(out["proj_joints"], ref["proj_joints"], "projected joints")
+    close(out.rotmats, ref["rotmats"], "rotmats")
+    close(out.vertices, ref["vertices"], "vertices")
+    close(out.joints, ref["joints"], "joints")
+    close(scale, ref["scale"], "camera scale")
+    close(trans, ref["translation"], "camera translation")
+    close(out.normalized_joints2d(224), ref["proj_joints"], "projected joints")
     # the stages really move away from x0 and the rotations are far from identity
     assert float(jnp.abs(stages[0] - model.regressor.mean_param[...]).max()) > 0.1
     assert float(np.abs(ref["rotmats"].numpy() - np.eye(3)).max()) > 0.5
@@ -414,15 +414,16 @@ def test_config_restore_and_eval_prediction_path(release, reference_run):
     config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config)
     cfg = config.get_config("size=tiny,pretrain=false")
-    cfg.model.hidden, cfg.model.depth = (1024, 1024), 18
+    cfg.model.hidden, cfg.model.backbone = (1024, 1024), "resnet18"
     cfg.eval.checkpoint = str(release["outs"]["zip_rel"])
     model = nnx.eval_shape(lambda: build_model(cfg, with_projection=False))
-    assert restore_model(model, cfg.eval.checkpoint, cfg.finetune) == -1
+    assert restore_model(model, cfg.eval.checkpoint) == -1
     model.eval()
     assert cfg.data.joint_convention == "freihand"
     remap = mano.joint_remap("tempclr", cfg.data.joint_convention)
     images, ref = reference_run
-    joints, vertices = nnx.jit(predict_fn(mano.load_model(None, "right"), remap))(model, images)
+    out = nnx.jit(predict_fn(mano.load_model(None, "right"), remap, int(cfg.data.image_size)))(model, images)
+    joints, vertices = out["joints"], out["vertices"]
     freihand_from_tempclr = [0, 13, 14, 15, 20, 1, 2, 3, 16, 4, 5, 6, 17, 10, 11, 12, 19, 7, 8, 9, 18]
     close(joints, ref["joints"][:, freihand_from_tempclr], "FreiHAND-ordered joints")
     close(vertices, ref["vertices"], "vertices")

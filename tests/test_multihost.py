@@ -137,7 +137,7 @@ def _model():
     from flax import nnx
 
     from handjax.models.tempclr import TempCLRModel
-    return TempCLRModel(depth=18, rngs=nnx.Rngs(0), hidden=(64, 64))
+    return TempCLRModel(backbone="resnet18", rngs=nnx.Rngs(0), hidden=(64, 64))
 
 
 def _cfg(num_steps: int):
@@ -229,7 +229,7 @@ def test_two_processes_equal_one_process_and_checkpoint_moves_between_them(tmp_p
     # 1 process x 8 devices, the same global batch: 3 steps (checkpoints at 2 and 3)
     one3, _ = finetune_params(str(one_proc), 3)
     one2 = _model()
-    assert restore_model(one2, str(one_proc), _cfg(3), step=2) == 2
+    assert restore_model(one2, str(one_proc), step=2) == 2
     _assert_params_close(dict(np.load(tmp_path / "two.npz")), _host_params(one2))
 
     # the 2-process checkpoint on 1 process x 8 devices: train state restored, iterator state warned about

@@ -99,7 +99,7 @@ def run_tiny(workdir: str, num_steps: int, checkpoint_every: int, on_log, sleep:
     from handjax.train.loop import restore_model, train
     task = make_task()
     if init_from:
-        restore_model(task.model, init_from, make_cfg(1, 1))
+        restore_model(task.model, init_from)
     it = SliceIter(jax.process_index(), jax.process_count(), sleep)
     return train(task, it, make_cfg(num_steps, checkpoint_every), workdir, name="tiny", on_log=on_log)
 

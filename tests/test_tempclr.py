@@ -12,8 +12,9 @@ from flax import nnx
 from handjax import mano
 from handjax.geometry import matrix_to_rot6d
 from handjax.losses import nt_xent, window_pairs
-from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
+from handjax.models.tempclr import TempCLRModel, decode, default_mean_param, weak_perspective
 from handjax.train import Task, make_mesh, train
+from handjax.train import runner
 from handjax.train import tempclr as recipe
 
 S = 32  # image size
@@ -56,15 +57,18 @@ def hand():
 
 
 def test_decode_mean_param_is_rest_pose(hand):
-    out = decode(default_mean_param()[None], hand)
-    np.testing.assert_allclose(out["vertices"][0], hand.v_template, atol=1e-6)
-    np.testing.assert_allclose(out["camera_scale"], 0.9, rtol=1e-6)
-    np.testing.assert_allclose(out["proj_joints"][0], 0.9 * out["joints"][0, :, :2], atol=1e-6)
+    out = decode(default_mean_param()[None], hand, S)
+    np.testing.assert_allclose(out.vertices[0], hand.v_template, atol=1e-6)
+    np.testing.assert_allclose(weak_perspective(default_mean_param()[None])[0], 0.9, rtol=1e-6)
+    np.testing.assert_allclose(out.camera[0, 0, 0], 0.9 * S / 2, rtol=1e-6)  # crop pixels per metre
+    # the contract's joints2d are crop pixels: normalised coordinates x_n = s (X + t) -> (x_n + 1) S / 2
+    np.testing.assert_allclose(out.normalized_joints2d(S)[0], 0.9 * out.joints[0, :, :2], atol=1e-6)
+    np.testing.assert_allclose(out.joints2d[0], (0.9 * out.joints[0, :, :2] + 1) * S / 2, atol=1e-5)
     # interleaved 6D layout: a rotation's first two columns, row-major
     R = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0] * [1, 1, -1] if False else
                     jnp.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]]))
     x = default_mean_param().at[:6].set(matrix_to_rot6d(R, "interleaved"))
-    np.testing.assert_allclose(decode(x[None], hand)["rotmats"][0, 0], R, atol=1e-6)
+    np.testing.assert_allclose(decode(x[None], hand, S).rotmats[0, 0], R, atol=1e-6)
 
 
 def _cfg(**kw):
@@ -113,7 +117,7 @@ class _ListIter:
 
 
 def _model(seed=0):
-    return TempCLRModel(depth=18, rngs=nnx.Rngs(seed), hidden=(64, 64))
+    return TempCLRModel(backbone="resnet18", rngs=nnx.Rngs(seed), hidden=(64, 64))
 
 
 def _loss(hand):
@@ -183,7 +187,7 @@ def test_model_only_checkpoint_roundtrip(tmp_path):
     from handjax.train.loop import restore_model
     src, dst = _model(seed=1), _model(seed=2)
     save_model(src, str(tmp_path / "m"), {"system": "tempclr", "depth": 18})
-    assert restore_model(dst, str(tmp_path / "m"), _cfg()) == -1
+    assert restore_model(dst, str(tmp_path / "m")) == -1
     jax.tree.map(np.testing.assert_array_equal, _final_params(dst), _final_params(src))
     jax.tree.map(np.testing.assert_array_equal, nnx.state(dst, nnx.BatchStat), nnx.state(src, nnx.BatchStat))
 
@@ -239,7 +243,7 @@ def test_unknown_loss_weight_is_an_error(hand):
     batch = _batch(hand, n=2)
     loss = functools.partial(recipe.finetune_loss, mano_model=hand, remap=mano.joint_remap("tempclr", "freihand"),
                              weights={"joints2d": 1.0, "pose": 1.0}, image_size=S)  # 'pose': the old single term
-    with pytest.raises(ValueError, match=r"\['pose'\] name no loss term.*wrist_pose"):
+    with pytest.raises(ValueError, match=r"loss_weights\.pose: no such loss term.*wrist_pose"):
         loss(_model(), batch, None)
 
 
@@ -253,7 +257,7 @@ def test_unknown_loss_weight_in_config_fails_before_training(tmp_path):
         raise AssertionError("data requested before the config was validated")
 
     with pytest.raises(ValueError, match=r"finetune\.loss_weights\.pose: no such loss term"):
-        recipe.run(cfg, str(tmp_path), data)
+        runner.run(recipe.SYSTEM, cfg, str(tmp_path), data)
 
 
 def test_conv_impl_from_config():

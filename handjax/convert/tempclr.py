@@ -294,7 +294,7 @@ def build_tempclr_model(depth: int, seed: int = 0, abstract: bool = False):
     as the target of :func:`fill_from_state_dict` or ``load_model``.
     """
     resnet_feature_dim(depth)
-    make = lambda: TempCLRModel(depth=depth, rngs=nnx.Rngs(seed), num_stages=TEMPCLR_NUM_STAGES,
+    make = lambda: TempCLRModel(backbone=f"resnet{depth}", rngs=nnx.Rngs(seed), num_stages=TEMPCLR_NUM_STAGES,
                                 hidden=TEMPCLR_HIDDEN, projection=None)
     return nnx.eval_shape(make) if abstract else make()
 

@@ -1,10 +1,13 @@
 """Geometry: rotations, cameras, Procrustes alignment, rigid transforms."""
 from handjax.geometry.camera import (
+    affine_to_perspective,
     intrinsics,
     inverse_softplus,
+    project_matrix,
     project_perspective,
     project_weak_perspective,
     torch_softplus,
+    weak_perspective_matrix,
 )
 from handjax.geometry.procrustes import procrustes_align, procrustes_transform
 from handjax.geometry.rotations import (

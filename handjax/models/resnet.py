@@ -520,3 +520,13 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Average-pooled features ``(B, num_features)`` of NHWC images ``(B, H, W, 3)``."""
         return self.features(x)["pooled"]
+
+
+def _register_resnets():
+    from handjax.models.registry import register
+
+    for depth in RESNET_SPECS:
+        register("backbone", f"resnet{depth}")(lambda depth=depth, **kwargs: ResNet(depth, **kwargs))
+
+
+_register_resnets()

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from handjax import mano
-from handjax.geometry import project_weak_perspective, rot6d_to_matrix, torch_softplus
-from handjax.models.resnet import ResNet, TorchBatchNorm
+from handjax.geometry import rot6d_to_matrix, torch_softplus, weak_perspective_matrix
+from handjax.models import registry
+from handjax.models.hand_output import HandOutput, make_hand_output
+from handjax.models.resnet import TorchBatchNorm
 
 NUM_PARAMS = 109
 CAMERA_MEAN_SCALE_RAW = 0.37816456  # softplus^-1(0.9), TempCLR's camera mean
@@ -51,6 +52,7 @@ def split_params(x: jnp.ndarray) -> dict:
             "camera": x[..., 106:109]}
 
 
+@registry.register("head", "iterative_mano")
 class IterativeRegressor(nnx.Module):
     """x_{k+1} = x_k + MLP(concat[feat, x_k]), one MLP shared by all stages, x_0 = mean_param."""
 
@@ -77,6 +79,7 @@ class IterativeRegressor(nnx.Module):
         return stages
 
 
+@registry.register("head", "projection")
 class ProjectionHead(nnx.Module):
     """PeCLR/TempCLR projection head: Linear - BN - ReLU - Linear(no bias)."""
 
@@ -92,15 +95,16 @@ class ProjectionHead(nnx.Module):
 class TempCLRModel(nnx.Module):
     """Backbone + regressor (+ projection head for contrastive pretraining)."""
 
-    def __init__(self, *, depth: int = 50, rngs: nnx.Rngs, num_stages: int = 3,
+    def __init__(self, *, backbone: str = "resnet50", rngs: nnx.Rngs, num_stages: int = 3,
                  hidden: Sequence[int] = (1024, 1024), projection: Optional[Sequence[int]] = None,
                  dtype=jnp.float32, camera_scale: float = 0.9, conv_impl: str = "auto"):
-        self.backbone = ResNet(depth, rngs=rngs, dtype=dtype, conv_impl=conv_impl)
+        self.backbone = registry.build("backbone", backbone, config_key="model.backbone", rngs=rngs, dtype=dtype,
+                                       conv_impl=conv_impl)
         feat = self.backbone.num_features
-        self.regressor = IterativeRegressor(feat, rngs=rngs, hidden=hidden, num_stages=num_stages, dtype=dtype,
-                                            camera_scale=camera_scale)
-        self.projection_head = (ProjectionHead(feat, projection[0], projection[1], rngs=rngs)
-                                if projection else None)
+        self.regressor = registry.build("head", "iterative_mano", feat_dim=feat, rngs=rngs, hidden=hidden,
+                                        num_stages=num_stages, dtype=dtype, camera_scale=camera_scale)
+        self.projection_head = (registry.build("head", "projection", in_dim=feat, hidden_dim=projection[0],
+                                               out_dim=projection[1], rngs=rngs) if projection else None)
 
     def __call__(self, images: jnp.ndarray) -> list:
         """Images (B, H, W, 3) normalised -> per-stage parameter vectors [(B, 109)] * num_stages."""
@@ -113,23 +117,26 @@ class TempCLRModel(nnx.Module):
         return self.projection_head(self.backbone(images).astype(jnp.float32))
 
 
-def decode(params: jnp.ndarray, mano_model: mano.ManoModel, with_mesh: bool = True,
-           convention="tempclr") -> dict:
-    """109-d parameters -> rotations, betas, camera, MANO vertices/joints and 2D projection.
+def weak_perspective(params: jnp.ndarray) -> tuple:
+    """The camera part of the parameters: (scale (B,) = softplus(raw), translation (B, 2))."""
+    cam = split_params(params)["camera"]
+    return torch_softplus(cam[..., 0]), cam[..., 1:3]
 
-    Joints are in the convention's order (TempCLR's own by default); proj_joints
-    are normalised crop coordinates in [-1, 1].
+
+def decode(params: jnp.ndarray, mano_model: mano.ManoModel, image_size: int, with_mesh: bool = True,
+           convention: str = "tempclr") -> HandOutput:
+    """109-d parameters -> the hand-output contract (``handjax.models.hand_output``).
+
+    Joints / vertices are MANO's (no translation: the weak-perspective camera carries it),
+    joints in the convention's order (TempCLR's own by default); ``camera`` is the affine crop
+    camera of ``x_n = s (X[:2] + t)``, so ``joints2d = (x_n + 1) S / 2`` in crop pixels.
     """
     p = split_params(params)
     wrist = rot6d_to_matrix(p["wrist_pose"][..., None, :], "interleaved")
     hand = rot6d_to_matrix(p["hand_pose"].reshape(p["hand_pose"].shape[:-1] + (15, 6)), "interleaved")
     rotmats = jnp.concatenate([wrist, hand], axis=-3)
-    scale = torch_softplus(p["camera"][..., 0])
-    trans = p["camera"][..., 1:3]
+    scale, trans = weak_perspective(params)
     fwd = mano.mano_forward if with_mesh else mano.mano_joints
     out = fwd(mano_model, rotmats, p["betas"], None, convention=convention)
-    return {
-        "rotmats": rotmats, "betas": p["betas"], "camera_scale": scale, "camera_translation": trans,
-        "vertices": out.vertices, "joints": out.joints,
-        "proj_joints": project_weak_perspective(out.joints, scale, trans),
-    }
+    return make_hand_output(out.joints, weak_perspective_matrix(scale, trans, image_size), rotmats, p["betas"],
+                            out.vertices if with_mesh else None, convention=convention)

@@ -21,6 +21,7 @@ loop on its own slice of the global batch; checkpoints are written collectively.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -28,12 +29,15 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from handjax import distributed
 from handjax.distributed import PreemptionGuard, barrier
-from handjax.models.checkpoint import is_model_checkpoint, load_model, resolve_path
+from handjax.sharding import global_batch, make_mesh, replicate  # noqa: F401 (re-exported)
+from handjax.models.checkpoint import is_model_checkpoint, load_model, model_state, resolve_path
 from handjax.train.checkpoint import Checkpointer
 from handjax.train.optim import make_optimizer
 
@@ -44,39 +48,20 @@ class Task:
     loss_fn: Callable[[nnx.Module, dict, jax.Array], tuple]
     trainable: Any = nnx.Param  # nnx filter of the optimised variables
     summary_fn: Optional[Callable[[nnx.Module, dict], dict]] = None  # host side: name -> (N, H, W, 3) uint8
+    eval_fn: Optional[Callable[[nnx.Module], dict]] = None  # validation metrics; called on every process
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class Preempted(Exception):
+class Preempted(distributed.Preempted):
     """Training stopped on a preemption notice after checkpointing ``step`` into ``directory``."""
 
     def __init__(self, name: str, step: int, directory: str):
         super().__init__(f"[{name}] preempted: checkpoint of step {step} written to {directory}; "
                          f"run the same command again to resume")
         self.name, self.step, self.directory = name, step, directory
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-    devices = devices if devices is not None else jax.devices()
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
-
-
-def global_batch(batch: dict, mesh) -> dict:
-    """Process-local numpy batch -> global jax arrays sharded on 'data' (batch axis 0)."""
-    sharding = NamedSharding(mesh, P("data"))
-    n_data = mesh.shape["data"] // jax.process_count()
-
-    def put(x):
-        x = np.asarray(x)
-        if x.ndim == 0 or x.shape[0] % max(n_data, 1):
-            raise ValueError(f"per-process batch dimension {x.shape[:1]} must be divisible by the "
-                             f"{n_data} local devices of the 'data' mesh axis")
-        return jax.make_array_from_process_local_data(sharding, x)
-
-    return jax.tree.map(put, batch)
 
 
 def _is_main() -> bool:
@@ -112,6 +97,15 @@ class _Logger:
         rate_s = f"{rate:.2f} step/s" if np.isfinite(rate) else "- step/s"
         print(f"[{self.name}] step {step}/{self.total} {shown} ({rate_s}, ETA {eta_s})", flush=True)
 
+    def validation(self, step: int, values: dict):
+        """Validation metrics (TensorBoard ``<name>/val/<key>`` and one printed line)."""
+        if not _is_main():
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(f"{self.name}/val/{k}", float(v), step)
+        print(f"[{self.name}] step {step} validation: " + " ".join(f"{k} {float(v):.4g}" for k, v in values.items()),
+              flush=True)
+
     def images(self, step: int, images: dict):
         """TensorBoard images, plus a PNG (panels stacked vertically) under workdir/summaries."""
         if self.writer is None:
@@ -141,30 +135,38 @@ def init_state(model: nnx.Module, trainable, tx) -> tuple:
     return graphdef, state
 
 
-def restore_model(model: nnx.Module, workdir: str, cfg, trainable=nnx.Param, step: Optional[int] = None) -> int:
-    """Load the model part of a checkpoint written by ``train`` (same config) into ``model``.
+def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None) -> int:
+    """Load the model part of a checkpoint written by ``train`` into ``model``; returns the step.
 
-    Also accepts a model-only checkpoint (``handjax.models.checkpoint.save_model``, e.g. from a
-    converter); then returns -1. Raises FileNotFoundError naming the directory if there is none.
+    Builds no optimizer: only the parameters and the other model state are read. Also accepts
+    a model-only checkpoint (``handjax.models.checkpoint.save_model``, e.g. from a converter);
+    then returns -1. Raises FileNotFoundError naming the directory if there is none, and
+    ValueError listing the differing keys if the checkpoint does not fit ``model``.
     """
     if is_model_checkpoint(workdir):
         load_model(model, workdir)
         return -1
     directory = os.path.join(resolve_path(workdir), "checkpoints")
     if not epath.Path(directory).is_dir():
-        raise FileNotFoundError(f"no checkpoints in {directory}")
-    tx, _ = make_optimizer(cfg.optim, int(cfg.num_steps))
-    _, state = init_state(model, trainable, tx)
+        raise FileNotFoundError(f"no checkpoints in {directory} (and {workdir} is not a model checkpoint)")
     ckpt = Checkpointer(directory, async_save=False)
     try:
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        state = ckpt.restore(step, state)
+        state = ckpt.restore_subset(step, model_state(model))
     finally:
         ckpt.close()
     nnx.update(model, state["params"], state["rest"])
     return int(step)
+
+def _nonfinite_message(name: str, done: int, last_good: Optional[int], directory: str) -> str:
+    msg = f"[{name}] non-finite loss or gradient before step {done}; stopping. Updates on those steps were skipped; "
+    if last_good is not None:
+        return msg + f"the last good checkpoint is step {last_good} in {directory}"
+    return msg + (f"there is no checkpoint yet (it happened before the first one). Try a lower learning rate "
+                  f"(--config.{name}.optim.lr), a warm-up (--config.{name}.optim.warmup_steps) or check the input "
+                  f"data for NaN/inf; --config.{name}.checkpoint_every sets how often checkpoints are written")
 
 
 def _train_step(graphdef, tx, loss_fn, trainable, state, batch, rng):
@@ -178,7 +180,7 @@ def _train_step(graphdef, tx, loss_fn, trainable, state, batch, rng):
 
     (loss, (metrics, new_rest)), grads = jax.value_and_grad(compute, has_aux=True)(params)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = jax.tree.map(lambda p, u: p + u, params, updates)
+    new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = {
@@ -192,41 +194,21 @@ def _train_step(graphdef, tx, loss_fn, trainable, state, batch, rng):
     return new_state, metrics
 
 
-def _host_if_local(x):
-    """A process-local jax array as numpy (PRNG keys and global arrays unchanged)."""
-    if isinstance(x, jax.Array) and x.is_fully_addressable and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return np.asarray(x)
-    return x
-
-
-def replicate(tree, mesh):
-    """Every leaf of ``tree`` replicated on ``mesh``.
-
-    With several processes, process-local arrays (a fresh model, or one filled by
-    ``restore_model``) go through host memory: ``device_put`` cannot move an array committed to
-    a local device onto other processes' devices. Every process must pass the same values.
-    """
-    if jax.process_count() > 1:
-        tree = jax.tree.map(_host_if_local, tree)
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
 def _host_copy(tree):
     """Host numpy copy of replicated arrays (also when they span several processes)."""
     return jax.tree.map(np.asarray, tree)
 
 
 def _restore(ckpt: Checkpointer, state: dict, data, name: str) -> tuple:
-    """(state, start step) from the latest complete checkpoint, or (state, 0) if there is none."""
-    latest = ckpt.latest_step()
-    if latest is None:
-        return state, 0
-    state = ckpt.restore(latest, state)
-    ckpt.restore_data(latest, data)
-    start = int(state["step"])
+    """(state, start step, metrics saved with that step) from the newest checkpoint that restores
+    (damaged newer ones are set aside, see ``Checkpointer.restore_latest``), or (state, 0, {})."""
+    found = ckpt.restore_latest(state, data)
+    if found is None:
+        return state, 0, {}
+    start = int(found.state["step"])
     if _is_main():
         print(f"[{name}] resumed from {ckpt.directory} at step {start}", flush=True)
-    return state, start
+    return found.state, start, found.metrics
 
 
 def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train", mesh=None,
@@ -253,7 +235,11 @@ def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train",
     state = replicate(state, mesh)
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(cfg.get("keep_checkpoints", 3)))
-    state, start = _restore(ckpt, state, data, name)
+    try:
+        state, start, restored_metrics = _restore(ckpt, state, data, name)
+    except BaseException:
+        ckpt.close()
+        raise
 
     def step_fn(state, batch, rng):
         return _train_step(graphdef, tx, task.loss_fn, task.trainable, state, batch, rng)
@@ -263,8 +249,9 @@ def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train",
     log_every = int(cfg.get("log_every", 50))
     ckpt_every = int(cfg.get("checkpoint_every", 500))
     summary_every = int(cfg.get("summary_every", 0))
+    eval_every = int(cfg.get("eval_every", 0) or 0)
     base_rng = jax.random.key(seed)
-    last_metrics: dict = {}
+    last_metrics: dict = dict(restored_metrics)  # a stage resumed at its last step reports its final metrics
     last_good = start if start else None
     preempted_at = None
     try:
@@ -273,15 +260,14 @@ def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train",
                 local = next(data)
                 batch = global_batch(local, mesh)
                 state, metrics = step_jit(state, batch, jax.random.fold_in(base_rng, step))
+                ckpt.check()  # a failed background checkpoint write stops the run now, not steps later
                 done = step + 1
                 stop = guard.should_stop()
                 is_log = done % log_every == 0 or done == num_steps
                 is_ckpt = done % ckpt_every == 0 or done == num_steps or stop
                 if is_log or is_ckpt:
                     if int(state["nonfinite"]) > 0:
-                        raise NonFiniteLossError(
-                            f"[{name}] non-finite loss or gradient before step {done}; stopping. Updates on those "
-                            f"steps were skipped; the last good checkpoint is step {last_good} in {ckpt.directory}")
+                        raise NonFiniteLossError(_nonfinite_message(name, done, last_good, ckpt.directory))
                     last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     last_metrics["lr"] = float(schedule(step))
                     if is_log:
@@ -289,18 +275,29 @@ def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train",
                         if on_log is not None:
                             on_log(done, dict(last_metrics))
                     if is_ckpt:
-                        ckpt.save(done, state, data)
+                        ckpt.save(done, state, data, metrics=last_metrics)
                         last_good = done
                 if summary_every and task.summary_fn is not None and done % summary_every == 0 and _is_main():
                     nnx.update(model, _host_copy(state["params"]), _host_copy(state["rest"]))
                     model.eval()
                     logger.images(done, task.summary_fn(model, local))
                     model.train()
+                if eval_every and task.eval_fn is not None and done % eval_every == 0 and not stop:
+                    nnx.update(model, _host_copy(state["params"]), _host_copy(state["rest"]))
+                    logger.validation(done, task.eval_fn(model))  # every process: evaluation is collective
+                    model.train()
                 if stop:
                     preempted_at = done
                     break
+    except BaseException:
+        try:  # the error in flight is the one to report; a failing close must not replace it
+            ckpt.close()
+        except Exception as close_err:  # noqa: BLE001
+            logging.warning("[%s] %s", name, close_err)
+        raise
+    else:
+        ckpt.close()  # waits for the last (async) checkpoint write; raises CheckpointWriteError if it failed
     finally:
-        ckpt.close()  # waits for the last (async) checkpoint write
         logger.close()
         # Write the latest state back (also when stopping on a non-finite loss: skipped updates keep it good).
         nnx.update(model, state["params"], state["rest"])

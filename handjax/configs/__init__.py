@@ -1,0 +1,1 @@
+"""Config builders shared by the files in ``configs/`` (importable, unlike those files)."""

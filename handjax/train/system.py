@@ -1,0 +1,136 @@
+"""A system is a declaration: its stages (each with its model, loss and data request), its
+evaluation and its predictor. :mod:`handjax.train.runner` runs any system; this module only
+holds the declaration types and the registry of systems by name.
+
+A reader opening ``handjax/train/<system>.py`` sees, in order: the model it builds from
+registered parts (``handjax.models.registry``), its loss terms (``handjax.losses.terms`` plus
+its own), its stages, its evaluator and its predictor, ending in ``SYSTEM = System(...)``.
+
+Stage configs (``cfg.<stage name>``) are read by the runner: ``num_steps``, ``batch_size``,
+``optim``, ``log_every``, ``checkpoint_every``, ``keep_checkpoints``, ``summary_every``,
+``init_from`` (a checkpoint to start from), ``loss_weights`` (checked against the stage's
+``loss_terms``), ``split`` (default ``train``), ``eval_every`` / ``eval_split`` /
+``eval_batches`` (validation during training, written to TensorBoard).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+SYSTEMS = {  # name -> module defining SYSTEM
+    "tempclr": "handjax.train.tempclr",
+}
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What a stage's builders get: the config, this stage's config and seed, the mesh, workdirs."""
+
+    cfg: Any
+    name: str
+    stage_cfg: Any
+    seed: int
+    mesh: Any
+    workdir: str
+    stage_dir: str
+    data: Callable  # the data factory: data(split, mode, batch_size, train, seed, **sampling)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStage:
+    """A training stage.
+
+    task(ctx) -> handjax.train.loop.Task: builds the stage's model (seeded by ``ctx.seed``) and loss.
+    data: the data request: ``mode`` plus its sampling parameters (forwarded to the data factory).
+    init_from: the stage whose final checkpoint initialises this one when both run in one job
+      (``cfg.<stage>.init_from`` overrides it with any checkpoint path).
+    init(ctx, model, path) -> str: loads ``path`` (a stage workdir or a model-only checkpoint)
+      into the stage's model and returns a one-line description; default: the whole model.
+    loss_terms: the names allowed in ``cfg.<stage>.loss_weights``.
+    """
+
+    name: str
+    task: Callable[[StageContext], Any]
+    data: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"mode": "frame"})
+    init_from: str = ""
+    init: Optional[Callable[[StageContext, Any, str], str]] = None
+    loss_terms: Tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalStage:
+    """An evaluation stage: the model of ``model_from`` (trained in this job, or restored from
+    ``cfg.<name>.checkpoint`` / the job's ``<model_from>`` folder) and trivial baselines.
+
+    model(ctx) -> a freshly built model of the evaluated kind (weights are restored into it).
+    predict(ctx) -> ``predict(model, images) -> dict`` of numpy-able arrays for the evaluator.
+    baselines(ctx) -> {row name: predict function ignoring its model argument}.
+    evaluator(ctx) -> a ``handjax.eval.evaluators`` evaluator (a fresh one per call).
+    label(ctx, trained_here) -> the table row name of the evaluated model.
+    table(rows, ctx) -> the printed table.
+    collectors(ctx) -> objects receiving every batch (``add(pred, labels)``); finish(ctx, collectors)
+      writes their files (e.g. pred.json) and returns entries for the job's results (or None).
+    """
+
+    name: str
+    model_from: str
+    model: Callable[[StageContext], Any]
+    predict: Callable[[StageContext], Callable]
+    evaluator: Callable[[StageContext], Any]
+    baselines: Callable[[StageContext], Dict[str, Callable]] = lambda ctx: {}
+    label: Callable[[StageContext, bool], str] = lambda ctx, trained_here: "trained"
+    table: Optional[Callable[[Dict[str, dict], StageContext], str]] = None
+    collectors: Callable[[StageContext], Sequence] = lambda ctx: ()
+    finish: Optional[Callable[[StageContext, Sequence], Optional[dict]]] = None
+
+
+@dataclasses.dataclass
+class Predictor:
+    """What ``python -m handjax.predict`` needs from a system.
+
+    model: the network, built from the config (predict.py loads the checkpoint into it).
+    image_size: side of the square crop the model takes (ImageNet-normalised RGB).
+    predict(model, images (B, S, S, 3)) -> {side: HandOutput} with sides among ``sides``.
+    sides: the hands the model predicts; a single right-hand model gets left hands as mirrored crops.
+    faces: side -> (F, 3) int mesh faces of the MANO model used.
+    finds_boxes: the system locates hands itself (the whole image is its input).
+    """
+
+    model: Any
+    image_size: int
+    predict: Callable
+    faces: Dict[str, np.ndarray]
+    sides: Tuple[str, ...] = ("right",)
+    finds_boxes: bool = False
+    meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """name; stages in their order of execution; predictor(cfg) -> Predictor; check(cfg): extra
+    config checks run before any stage."""
+
+    name: str
+    stages: Tuple[Any, ...]
+    predictor: Optional[Callable[[Any], Predictor]] = None
+    check: Optional[Callable[[Any], None]] = None
+
+    def stage(self, name: str):
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def stage_names(self) -> Tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+
+def get_system(name: str) -> System:
+    """The registered system ``name`` (config key ``system``)."""
+    if name not in SYSTEMS:
+        raise ValueError(f"config key 'system': unknown system {name!r}; known: {', '.join(sorted(SYSTEMS))}")
+    return importlib.import_module(SYSTEMS[name]).SYSTEM
