@@ -1,0 +1,185 @@
+"""The system layer: a system declared in a few lines runs through the shared runner; job errors come first.
+
+A toy system (a learned mean hand: joints and vertices as parameters) is declared here the way a real
+system is (stages, loss, evaluation stage, baseline) and trained, validated during training, evaluated,
+and evaluated again from its checkpoint alone (restore without an optimizer). The TempCLR declaration
+is checked for the errors the runner must raise before any training step, each naming its config key.
+"""
+import json
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from handjax import mano
+from handjax.eval.evaluators import make_evaluator
+from handjax.losses import keypoint_l1
+from handjax.train import runner
+from handjax.train.loop import Task
+from handjax.train.system import EvalStage, System, TrainStage
+
+B = 8
+
+
+class MeanHand(nnx.Module):
+    """Predicts the same hand for every image: learned joints (21, 3) and vertices (778, 3)."""
+
+    def __init__(self, seed: int):
+        rng = np.random.default_rng(seed)
+        self.joints = nnx.Param(jnp.asarray(rng.normal(0, 0.05, (21, 3)), jnp.float32))
+        self.vertices = nnx.Param(jnp.asarray(rng.normal(0, 0.05, (778, 3)), jnp.float32))
+
+    def __call__(self, images):
+        n = images.shape[0]
+        return {"joints": jnp.broadcast_to(self.joints[...], (n, 21, 3)),
+                "vertices": jnp.broadcast_to(self.vertices[...], (n, 778, 3))}
+
+
+def _loss(model, batch, rng):
+    del rng
+    out = model(batch["image"])
+    j = keypoint_l1(out["joints"], batch["joints3d"], jnp.ones(batch["image"].shape[0], bool))
+    v = keypoint_l1(out["vertices"], batch["vertices"], jnp.ones(batch["image"].shape[0], bool))
+    return j + v, {"joints": j, "vertices": v}
+
+
+def _task(ctx):
+    return Task(MeanHand(ctx.seed), _loss)
+
+
+def _zero_baseline(model, images):
+    n = images.shape[0]
+    return {"joints": jnp.zeros((n, 21, 3)), "vertices": jnp.zeros((n, 778, 3))}
+
+
+TOY = System(
+    name="toy",
+    stages=(
+        TrainStage("warmup", _task),
+        TrainStage("main", _task, init_from="warmup", loss_terms=()),
+        EvalStage("eval", model_from="main", model=lambda ctx: MeanHand(0), predict=lambda ctx: lambda m, x: m(x),
+                  evaluator=lambda ctx: make_evaluator("single_hand"),
+                  baselines=lambda ctx: {"zeros": _zero_baseline}, label=lambda ctx, here: "mean hand"),
+    ),
+)
+
+
+def _hands(n, seed):
+    hand = mano.load_model(None)
+    rng = np.random.default_rng(seed)
+    aa = jnp.asarray(rng.normal(0, 0.2, (n, 48)), jnp.float32)
+    out = mano.mano_forward(hand, mano.from_axis_angle(hand, aa), jnp.zeros((n, 10)), convention="freihand")
+    return {"image": np.zeros((n, 4, 4, 3), np.float32), "joints3d": np.asarray(out.joints),
+            "vertices": np.asarray(out.vertices)}
+
+
+def _factory(calls):
+    train_set, test_set = _hands(32, 0), _hands(12, 1)
+
+    def data(split, mode, batch_size, train, seed=0, **sampling):
+        calls.append(dict(split=split, mode=mode, batch_size=batch_size, train=train, seed=seed, **sampling))
+        if train:
+            def forever():
+                i = 0
+                while True:
+                    idx = np.arange(i, i + batch_size) % 32
+                    yield {k: v[idx] for k, v in train_set.items()}
+                    i += batch_size
+            return forever()
+        n = len(test_set["image"])
+        batches = []
+        for s in range(0, n, batch_size):
+            idx = np.minimum(np.arange(s, s + batch_size), n - 1)
+            batches.append(dict({k: v[idx] for k, v in test_set.items()}, valid=np.arange(s, s + batch_size) < n))
+        return iter(batches)
+
+    return data
+
+
+def _stage(**kw):
+    d = dict(num_steps=6, batch_size=B, log_every=3, checkpoint_every=3, keep_checkpoints=1, summary_every=0,
+             init_from="", optim=dict(name="adam", lr=0.02, schedule="constant", warmup_steps=0))
+    d.update(kw)
+    return d
+
+
+def _cfg(**over):
+    c = ml_collections.ConfigDict(dict(system="toy", seed=3, stages="warmup,main,eval", warmup=_stage(),
+                                       main=_stage(eval_every=3, eval_split="test"),
+                                       eval=dict(split="test", batch_size=B, checkpoint="")))
+    c.update(over)
+    return c
+
+
+def test_toy_system_trains_validates_and_evaluates(tmp_path, capsys):
+    calls = []
+    results = runner.run(TOY, _cfg(), str(tmp_path), _factory(calls))
+    out = capsys.readouterr().out
+    # stages in order, each with its seed (cfg.seed + declared index) and its data request
+    train_calls = [c for c in calls if c["train"]]
+    assert [(c["seed"], c["mode"], c["split"]) for c in train_calls] == [(3, "frame", "train"), (4, "frame", "train")]
+    assert "[main] initialised from" in out and os.path.join(str(tmp_path), "warmup") in out
+    # validation during training: at steps 3 and 6 on the held-out split, printed and in TensorBoard
+    assert out.count("[main] step 3 validation:") == 1 and out.count("[main] step 6 validation:") == 1
+    assert any(p.name.startswith("events") for p in (tmp_path / "main" / "tb").iterdir())
+    rows = results["eval"]
+    assert set(rows) == {"zeros", "mean hand"}
+    assert rows["mean hand"]["num_joints"] == 12  # the 4 padded samples of the last batch are ignored
+    assert rows["mean hand"]["mpjpe_mm"] < rows["zeros"]["mpjpe_mm"]
+    assert "mean hand" in out and "zeros" in out
+    saved = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert saved["mean hand"]["pa_mpjpe_mm"] == pytest.approx(rows["mean hand"]["pa_mpjpe_mm"])
+
+    # evaluation alone restores the 'main' stage's weights (no optimizer is built) and gives the same numbers
+    again = runner.run(TOY, _cfg(stages="eval"), str(tmp_path), _factory([]))
+    assert again["eval"]["mean hand"]["mpjpe_mm"] == pytest.approx(rows["mean hand"]["mpjpe_mm"], rel=1e-6)
+
+
+def _never_called(**kw):
+    raise AssertionError(f"data requested before the job was validated: {kw}")
+
+
+def _tempclr_cfg():
+    from handjax.configs.tempclr import get_config
+
+    return get_config("size=tiny")
+
+
+@pytest.mark.parametrize("change,error,needle", [
+    (lambda c: setattr(c, "stages", "pretrain,finetune,evaluate"), ValueError, r"'stages': unknown stage\(s\) \['evaluate'\]"),
+    (lambda c: c.finetune.loss_weights.update(pose=1.0), ValueError, r"finetune\.loss_weights\.pose: no such loss term"),
+    (lambda c: setattr(c.finetune, "init_from", "/nonexistent/run/pretrain"), FileNotFoundError,
+     r"finetune\.init_from='/nonexistent/run/pretrain': no checkpoint there"),
+    (lambda c: setattr(c, "stages", "eval"), FileNotFoundError, r"eval\.checkpoint"),
+    (lambda c: setattr(c.pretrain, "batch_size", 12), ValueError, r"pretrain\.batch_size=12: must be a positive "
+                                                                   r"multiple of the 8 devices"),
+    (lambda c: setattr(c.eval, "batch_size", 4), ValueError, r"eval\.batch_size=4"),
+    (lambda c: setattr(c.finetune, "eval_every", 2) or setattr(c, "stages", "finetune"), None, None),
+])
+def test_tempclr_job_errors_come_before_any_stage(tmp_path, change, error, needle):
+    from handjax.train.tempclr import SYSTEM
+
+    cfg = _tempclr_cfg()
+    with cfg.unlocked():
+        change(cfg)
+    if error is None:  # a valid job: the first thing it does is ask for data
+        with pytest.raises(AssertionError, match="data requested"):
+            runner.run(SYSTEM, cfg, str(tmp_path), _never_called)
+        return
+    with pytest.raises(error, match=needle):
+        runner.run(SYSTEM, cfg, str(tmp_path), _never_called)
+
+
+def test_unknown_system_and_backbone_name_the_key():
+    from handjax.train.system import get_system
+    from handjax.train.tempclr import build_model
+
+    with pytest.raises(ValueError, match=r"config key 'system': unknown system 'digitt'.*tempclr"):
+        get_system("digitt")
+    cfg = _tempclr_cfg()
+    cfg.model.backbone = "resnet19"
+    with pytest.raises(ValueError, match=r"config key model\.backbone: unknown backbone 'resnet19'; known: .*resnet18"):
+        build_model(cfg, with_projection=False)
