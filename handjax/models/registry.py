@@ -12,9 +12,17 @@ Factories take keyword arguments only (``rngs`` always; others per part).
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Dict
 
 _PARTS: Dict[str, Dict[str, Callable]] = {"backbone": {}, "head": {}}
+# Modules whose import registers parts; loaded before any lookup so that every name is known.
+PART_MODULES = ("handjax.models.resnet", "handjax.models.tempclr")
+
+
+def _load_parts() -> None:
+    for module in PART_MODULES:
+        importlib.import_module(module)
 
 
 def register(kind: str, name: str):
@@ -32,6 +40,7 @@ def register(kind: str, name: str):
 
 
 def names(kind: str) -> tuple:
+    _load_parts()
     return tuple(sorted(_PARTS[kind]))
 
 
@@ -41,6 +50,7 @@ def build(kind: str, name: str, *, config_key: str = "", **kwargs):
     An unknown name is a ValueError naming ``config_key`` (e.g. ``model.backbone``) and the known
     names.
     """
+    _load_parts()
     parts = _PARTS.get(kind)
     if parts is None:
         raise ValueError(f"unknown model part kind {kind!r}; known: {sorted(_PARTS)}")
