@@ -45,6 +45,10 @@ Config keys of ``data`` (besides name):
 * ``sampling.<mode>``: per-mode defaults of the sampling parameters (below), overridden by the
   caller's keyword arguments; ``sampling.fraction`` / ``sampling.fraction_seed``: every mode's. The legacy keys ``window`` / ``extra_negatives`` are window mode's
   ``window`` / ``num_negatives`` defaults;
+* ``train_fraction`` (default 1: off) / ``val_seed``: split the stored ``train`` split into
+  ``train`` and a held-out ``val`` split by the descriptor's ``holdout`` rule
+  (:func:`holdout_records`; TempCLR: 0.8 = FreiHAND's first 80 % of the samples, HO3D's seeded
+  random 80 % of every sequence's frames);
 * ``subset_file``: a text file of allowed record ids (integers matched against the descriptor's
   ``subset_keys`` integer feature, e.g. InterHand2.6M's ``annot_id`` for InterWild's
   ``aid_human_annot_{train,test}.txt``) or paths (matched against its text feature, e.g.
@@ -99,7 +103,7 @@ LABEL_FLAGS = {"joints2d": "has_joints2d", "joints3d": "has_joints3d", "vertices
                "mano_pose": "has_mano", "betas": "has_mano", "transl": "has_transl", "mask": "has_mask",
                "part_seg": "has_part_seg", "bbox": "has_bbox"}
 # flags cleared on frames that lose their labels (annotation fraction)
-FRACTION_FLAGS = ("has_joints2d", "has_joints3d", "has_vertices", "has_mano", "has_transl", "has_mask",
+FRACTION_FLAGS = ("has_joints2d", "has_joints3d", "has_vertices", "has_mano", "has_betas", "has_transl", "has_mask",
                   "has_part_seg")
 
 
@@ -407,7 +411,11 @@ class Dataset:
         data config -> :class:`RecordAdapter` (None: records already use the batch names);
         relative_pose: finger poses stored relative to MANO's mean (``mano_pose_relative``),
         made absolute with ``data.mano_model``'s hands_mean; subset_keys: (integer feature, text
-        feature) that ``data.subset_file`` lines match.
+        feature) that ``data.subset_file`` lines match; holdout: how ``data.train_fraction`` < 1
+        splits the stored ``train`` split into ``train`` / ``val`` (:func:`holdout_records`:
+        'first' = the first fraction of the samples, all image versions of a sample on one side,
+        as TempCLR's FreiHAND; 'random_frames' = a seeded random fraction of every sequence's
+        frames, as TempCLR's HO3D; '' = not supported).
     """
 
     module: str
@@ -423,6 +431,7 @@ class Dataset:
     adapter: Optional[Callable[[Any], RecordAdapter]] = None
     relative_pose: bool = False
     subset_keys: Tuple[Optional[str], Optional[str]] = (None, None)
+    holdout: str = ""
 
     def __post_init__(self):
         unknown = sorted(set(self.labels) - set(LABEL_KINDS))
@@ -456,10 +465,14 @@ DATASETS: Dict[str, Dataset] = {
     "freihand": Dataset("data_pipelines.freihand", "default", "freihand",
                         ("joints2d", "joints3d", "vertices", "mano", "mask"), video=False,
                         eval_crop=dict(crop_from="image", bbox_pad=1.0), relative_pose=True,
-                        subset_keys=("image_id", None)),
+                        subset_keys=("image_id", None), holdout="first"),
     "ho3d": Dataset("data_pipelines.ho3d", "v2", "ho3d", _HAND_LABELS + ("bbox", "object"), video=True,
                     eval_crop=dict(crop_from="bbox", bbox_pad=2.0), config_aliases=dict(default="v2"),
-                    build_kwargs=_ho3d_build_kwargs, subset_keys=("eval_index", "sequence")),
+                    build_kwargs=_ho3d_build_kwargs, subset_keys=("eval_index", "sequence"),
+                    holdout="random_frames"),
+    # HanCo (the FreiHAND authors' multi-view videos; each camera of a sequence is a video): pretraining video
+    "hanco": Dataset("data_pipelines.hanco", "default", "freihand", ("joints2d", "joints3d", "mano"), video=True,
+                     eval_crop=dict(crop_from="image", bbox_pad=1.0), relative_pose=True),
     "dexycb": Dataset("data_pipelines.dexycb", "s0", "manopth",
                       ("joints2d", "joints3d", "mano", "transl", "mask", "object", "subject_id"), video=True,
                       config_aliases=dict(default="s0"), build_kwargs=_dexycb_build_kwargs, adapter=_dexycb_adapter,
@@ -536,6 +549,52 @@ def sampling_params(data_cfg: Mapping[str, Any], mode: str, overrides: Mapping[s
     if not 0.0 <= float(params["fraction"]) <= 1.0:
         raise ValueError(f"sampling parameter 'fraction' must lie in [0, 1], got {params['fraction']}")
     return params
+
+
+# ----------------------------------------------------------------------------- train / val holdout
+def _freihand_sample_index(source) -> Tuple[np.ndarray, int]:
+    """((N,) FreiHAND sample index of each ``train`` record, number of samples n): image ids are
+    sample + n * version (``data_pipelines.freihand``), n from the build's metadata (records +
+    skipped records = n x versions)."""
+    meta = source._builder().info.metadata or {}
+    versions = len(meta.get("versions") or [None])
+    skipped = len((meta.get("skipped") or {}).get("train") or [])
+    ids = np.asarray(source.index.sequence_id, np.int64)
+    n, rest = divmod(len(ids) + skipped, versions)
+    if rest or n <= 0 or (len(ids) and int(ids.max()) >= n * versions):
+        raise ValueError(f"{source.builder_dir}: cannot recover FreiHAND sample indices ({len(ids)} records, "
+                         f"{skipped} skipped, {versions} image versions)")
+    return ids % n, n
+
+
+def holdout_records(desc: "Dataset", source, train_fraction: float, seed: int, name: str):
+    """(train record ids, val record ids) of ``source`` (the stored train split), both sorted, by
+    the descriptor's ``holdout`` rule.
+
+    'first': samples with index < int(train_fraction * number of samples) train (FreiHAND: the
+    same samples in every image version); 'random_frames': in every sequence,
+    int(train_fraction * its frames) frames drawn without replacement by
+    ``np.random.default_rng([seed, sequence_id])`` train and the rest validate.
+    """
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"config key data.train_fraction={train_fraction}: must lie in (0, 1] (1 = no holdout)")
+    if desc.holdout not in ("first", "random_frames"):
+        raise ValueError(f"config key data.train_fraction={train_fraction}: dataset {name!r} has no train / val "
+                         f"holdout rule (datasets with one: {sorted(n for n, d in DATASETS.items() if d.holdout)})")
+    in_train = np.zeros(len(source), bool)
+    if desc.holdout == "first":
+        sample, num = _freihand_sample_index(source)
+        in_train = sample < int(train_fraction * num)
+    else:
+        seq = np.asarray(source.index.sequence_id, np.int64)
+        frame = np.asarray(source.index.frame_index, np.int64)
+        for s in np.unique(seq):
+            members = np.flatnonzero(seq == s)
+            members = members[np.argsort(frame[members], kind="stable")]
+            chosen = np.random.default_rng([int(seed), int(s)]).choice(
+                len(members), int(train_fraction * len(members)), replace=False)
+            in_train[members[chosen]] = True
+    return np.flatnonzero(in_train), np.flatnonzero(~in_train)
 
 
 # ----------------------------------------------------------------------------- source wrappers
@@ -733,7 +792,7 @@ class _Member:
                        joint_order(desc.joint_convention, target, desc.hands), seed)
 
     def source(self, split: str, params: Mapping[str, Any]):
-        src = DatasetSource(self.builder_dir, split, self.hand_mean, self.adapter)
+        src = self._split_source(split)
         path = _subset_path(self.cfg.get("subset_file"), split)
         if path:
             src = SubsetSource(src, subset_records(src, path, self.desc.subset_keys, self.name))
@@ -745,10 +804,24 @@ class _Member:
             src = LabelFractionSource(src, keep)
         return src
 
+    def _split_source(self, split: str):
+        """The stored split, or with ``data.train_fraction`` < 1 its ``train`` / ``val`` part."""
+        fraction = float(self.cfg.get("train_fraction", 1.0) or 1.0)
+        if fraction >= 1.0 or split not in ("train", "val"):
+            return DatasetSource(self.builder_dir, split, self.hand_mean, self.adapter)
+        src = DatasetSource(self.builder_dir, "train", self.hand_mean, self.adapter)
+        train, val = holdout_records(self.desc, src, fraction, int(self.cfg.get("val_seed", 0) or 0), self.name)
+        return SubsetSource(src, train if split == "train" else val)
+
     def samples(self, split: str, mode: str, params: Mapping[str, Any], *, train: bool, seed: int,
                 prefetch: int) -> grain.IterDataset:
         mode = canonical_mode(mode)
-        if mode in ("window", "pair") and not self.desc.video:
+        if mode == "window" and not self.desc.video:  # positives would be the anchor itself: nothing to learn
+            video = sorted(n for n, d in DATASETS.items() if d.video)
+            raise ValueError(f"window mode (contrastive pretraining) needs video; dataset {self.name!r} has single "
+                             f"frames only, so every positive would be the anchor itself. Use a video dataset "
+                             f"({', '.join(video)}), e.g. hanco to pretrain for FreiHAND")
+        if mode == "pair" and not self.desc.video:
             print(f"[data] {self.name} has no video sequences: {mode} mode pairs every frame with itself",
                   file=sys.stderr)
         if mode == "subject" and not self.desc.has("subject_id"):

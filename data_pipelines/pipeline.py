@@ -212,7 +212,9 @@ class FrameSource:
     ``is_right`` / ``annotated`` is True; a missing ``sequence_id`` / ``frame_index`` comes
     from ``index``. Frames whose ``mano_pose_relative`` is True (FreiHAND: fingers relative
     to MANO's mean pose) get ``hand_mean`` (45,) added to ``mano_pose[3:]`` (then
-    ``mano_pose_relative`` becomes False) or, without ``hand_mean``, ``has_mano`` False.
+    ``mano_pose_relative`` becomes False) or, without ``hand_mean``, ``has_mano`` False;
+    single-hand frames with a ``has_mano`` flag or a ``mano_pose_relative`` feature also carry
+    ``has_betas`` (= ``has_mano`` before that masking: betas do not depend on the hand mean).
     Two-hand frames (42 joints, e.g. ``two_hands``) get :func:`fill_two_hand_defaults`
     instead of the single-hand label defaults, and no ``is_right``.
     ``index`` is read from the dataset metadata (``metadata['index'][split]``) when present,
@@ -314,6 +316,8 @@ class FrameSource:
                     frame[key] = np.zeros(shape, dtype)
                     frame[flag] = np.bool_(False)
             frame.setdefault("is_right", np.bool_(True))
+            if "has_mano" in frame or "mano_pose_relative" in frame:  # betas do not depend on the hand mean
+                frame.setdefault("has_betas", np.bool_(frame.get("has_mano", True)))
         frame.setdefault("annotated", np.bool_(True))
         frame.setdefault("sequence_id", self.index.sequence_id[record])
         frame.setdefault("frame_index", self.index.frame_index[record])
