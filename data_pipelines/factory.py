@@ -7,9 +7,11 @@
 
 * ``train=True``: an infinite, shuffled, augmented, checkpointable grain iterator of
   process-local batches (per-process batch = global batch / process count);
-* ``train=False``: one pass over the split in order, without augmentation (left hands
-  still mirrored into right ones when ``augment.flip`` says so), the last batch padded
-  by repeating its last sample and marked with ``valid`` (B,) bool.
+* ``train=False``: one pass over the split in order, without augmentation and never
+  flipped (:func:`eval_flip`: single-hand left hands are still mirrored into right ones
+  when ``augment.flip`` is 'left_to_right'; two-hand samples, whose flip swaps the hands,
+  never), the last batch padded by repeating its last sample and marked with ``valid`` (B,)
+  bool.
 
 Datasets: :data:`DATASETS` (name -> :class:`Dataset` descriptor), selected with ``data.name``.
 Adding a dataset is ONE entry there::
@@ -35,13 +37,17 @@ Config keys of ``data`` (besides name):
 
 * ``builder_config``, ``data_dir`` (tfds data dir; ``$TFDS_DATA_DIR``), ``manual_dir`` (raw
   download of a real dataset, built into ``data_dir`` when not built yet), ``mano_model`` (MANO
-  file or folder: FreiHAND's / InterHand2.6M's relative finger poses become absolute with its
-  ``hands_mean``, DexYCB's PCA poses need its ``hands_components``; HO3D / InterHand2.6M use it
-  at build time), ``image_size``, ``augment``, ``num_workers``, ``eval_crop`` (dict of
+  file or folder: FreiHAND's / InterHand2.6M's / COCO-WholeBody's (NeuralAnnot) relative finger
+  poses become absolute with its ``hands_mean`` (without it their ``has_mano`` is False: the
+  built-in hand never stands in for the real MANO mean), DexYCB's PCA poses need its
+  ``hands_components``; HO3D / InterHand2.6M / HIC (joints from the meshes) use it at build time),
+  ``image_size``, ``augment``, ``num_workers``, ``eval_crop`` (dict of
   ``crop_from`` / ``bbox_pad``, overrides the descriptor's), ``joint_convention`` (the joint
   order of the batches: the dataset's joints are re-ordered by joint name into it; empty = the
   dataset's own order), ``crop`` (two-hand datasets: 'hands' square crop around both hands,
-  the default, or 'person' 4:3 person crop);
+  the default, or 'person' 4:3 person crop: COCO-WholeBody's is InterWild's person box, the
+  others' the whole frame), ``skip_corrupt`` (COCO-WholeBody / HIC builds: skip and report
+  corrupt or missing samples);
 * ``sampling.<mode>``: per-mode defaults of the sampling parameters (below), overridden by the
   caller's keyword arguments; ``sampling.fraction`` / ``sampling.fraction_seed``: every mode's. The legacy keys ``window`` / ``extra_negatives`` are window mode's
   ``window`` / ``num_negatives`` defaults;
@@ -372,6 +378,148 @@ def _interhand_adapter(data_cfg) -> InterHandAdapter:
                              for side in ("right", "left")})
 
 
+def nominal_intrinsics(height: int, width: int) -> np.ndarray:
+    """(3, 3) K of a dataset without a camera (COCO-WholeBody): focal = the longer image side,
+    principal point at the image centre. The crop's pixel map does not depend on it (the
+    batch marks it with ``has_K`` False)."""
+    f = float(max(height, width))
+    return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]], np.float32)
+
+
+@dataclasses.dataclass
+class CocoWholeBodyAdapter(RecordAdapter):
+    """COCO-WholeBody records (:mod:`data_pipelines.coco_wholebody`) -> the two-hand sample
+    format (2-D labels only; hand axis 0 right, 1 left; 42 joints in "ih26m" order).
+
+    ``joints2d`` / ``joint_valid`` / ``hand_valid`` as stored (``joint_conf`` dropped:
+    validity is conf > 0); ``hand_bbox`` -> ``hand_box`` (zeros where ``hand_bbox_valid`` is
+    False) with ``hand_box_annotated`` (the boxes move with the crop); ``person_bbox`` ->
+    ``person_box`` = InterWild's person window (``sanitize_bbox``, 3:4 by enlarging, x1.25:
+    :func:`data_pipelines.transforms.person_window`), the window of ``data.crop='person'``;
+    no camera: ``K`` = :func:`nominal_intrinsics` with ``has_K`` False; no 3-D labels
+    (``joints3d`` / ``vertices`` zero-filled by the pipeline with ``has_joints3d`` /
+    ``has_vertices`` False; ``rel_root`` is then meaningless).
+    NeuralAnnot MANO ``mano/{right,left}/{pose,betas,transl}`` -> ``mano_pose`` (2, 48) made
+    absolute with the REAL MANO hands_mean of each side (``hands_mean[side]``, from
+    ``data.mano_model``), ``betas`` (2, 10), ``transl`` (2, 3), ``mano_valid`` (2,) = a fit
+    exists; ``has_mano`` = the hands means are known and a hand has a fit; ``has_transl``
+    False (the fits' translations live in each hand's own NeuralAnnot camera, focal / princpt,
+    not in the crop's; those cameras are not carried).
+    """
+
+    hands_mean: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    _DROPPED = ("joint_conf", "hand_bbox", "hand_bbox_valid", "person_bbox")
+
+    def kinds(self, kinds):
+        kinds = {k: v for k, v in kinds.items() if not k.startswith("mano/") and k not in self._DROPPED}
+        kinds.update({k: "tensor" for k in ("mano_pose", "betas", "transl", "mano_valid", "has_mano", "has_transl",
+                                            "hand_box", "hand_box_annotated", "person_box", "K", "has_K")})
+        return kinds
+
+    def adapt(self, raw):
+        from data_pipelines.coco_wholebody import layout
+        from data_pipelines.transforms import PERSON_BOX_EXTENSION, person_window
+
+        raw = dict(raw)
+        have_mean = all(self.hands_mean.get(h) is not None for h in layout.HANDS)
+        poses, betas, transl, valid = [], [], [], []
+        for hand in layout.HANDS:
+            pose = np.asarray(raw.pop(f"mano/{hand}/pose"), np.float32).copy()
+            if have_mean:
+                pose[3:] += self.hands_mean[hand]
+            poses.append(pose)
+            betas.append(np.asarray(raw.pop(f"mano/{hand}/betas"), np.float32))
+            transl.append(np.asarray(raw.pop(f"mano/{hand}/transl"), np.float32))
+            valid.append(bool(raw.pop(f"mano/{hand}/valid")))
+            raw.pop(f"mano/{hand}/focal"), raw.pop(f"mano/{hand}/princpt")
+        raw["mano_pose"], raw["betas"], raw["transl"] = np.stack(poses), np.stack(betas), np.stack(transl)
+        raw["mano_valid"] = np.array(valid)
+        raw["has_mano"] = np.bool_(have_mean and any(valid))
+        raw["has_transl"] = np.bool_(False)
+        raw.pop("joint_conf")
+        boxes = np.asarray(raw.pop("hand_bbox"), np.float32)
+        box_valid = np.asarray(raw.pop("hand_bbox_valid"), bool)
+        raw["hand_box"] = np.where(box_valid[:, None], boxes, 0.0).astype(np.float32)
+        raw["hand_box_annotated"] = np.bool_(True)
+        height, width = (int(v) for v in np.asarray(raw["image_size"]))
+        x1, y1, x2, y2 = (float(v) for v in np.asarray(raw.pop("person_bbox"), np.float64))
+        box = layout.sanitized_box((x1, y1, x2 - x1, y2 - y1), width, height)
+        if box is None:  # the builder keeps only persons whose box survives sanitize_bbox
+            raise ValueError(f"coco_wholebody annotation {int(raw['annot_id'])}: person box {[x1, y1, x2, y2]} "
+                             f"is empty inside the {width}x{height} image (rebuild the dataset)")
+        bx, by, bw, bh = box
+        raw["person_box"] = person_window((bx, by, bx + bw, by + bh), PERSON_BOX_EXTENSION).astype(np.float32)
+        raw["K"], raw["has_K"] = nominal_intrinsics(height, width), np.bool_(False)
+        return raw
+
+
+def _mano_hands_means(data_cfg, dataset: str, why: str) -> Dict[str, Optional[np.ndarray]]:
+    """hands_mean (45,) per side of ``data.mano_model`` (both sides required), or {} with a
+    one-line note when it is not given."""
+    path = data_cfg.get("mano_model") or ""
+    if not path:
+        print(f"[data] {dataset}: no data.mano_model: {why}; has_mano=False (give the folder of the official "
+              "MANO_RIGHT.pkl / MANO_LEFT.pkl)", file=sys.stderr)
+        return {}
+    from handjax import mano
+
+    means = {}
+    for side in ("right", "left"):
+        try:
+            means[side] = np.asarray(mano.load_model(path, side).hands_mean, np.float32)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            raise ValueError(f"config key data.mano_model={path!r}: {dataset} needs the {side} MANO model "
+                             f"(give the folder of MANO_RIGHT.pkl and MANO_LEFT.pkl): {err}") from err
+    return means
+
+
+def _coco_adapter(data_cfg) -> CocoWholeBodyAdapter:
+    return CocoWholeBodyAdapter(_mano_hands_means(
+        data_cfg, "coco_wholebody", "its NeuralAnnot poses are relative to the REAL MANO hand mean, which the "
+        "built-in hand does not replace"))
+
+
+class HICAdapter(RecordAdapter):
+    """HIC records (:mod:`data_pipelines.hic`) -> the two-hand sample format: ``K``,
+    ``vertices``, ``joints3d`` / ``joints2d`` / ``joint_valid``, ``hand_valid`` and
+    ``hand_type`` (0 right, 1 left, 2 interacting) as stored; ``hand_bbox`` (InterWild's GT
+    boxes from the meshes) -> ``hand_box`` with ``hand_box_annotated`` (moved with the crop);
+    ``has_joints2d`` = ``has_joints3d`` = the record has joints (built with a MANO dir);
+    ``interacting`` = hand_type 2. No MANO parameters (``has_mano`` / ``has_transl`` False,
+    zero-filled by the pipeline)."""
+
+    def kinds(self, kinds):
+        kinds = {k: v for k, v in kinds.items() if k != "hand_bbox"}
+        kinds.update({k: "tensor" for k in ("hand_box", "hand_box_annotated", "has_joints2d", "has_joints3d",
+                                            "interacting")})
+        return kinds
+
+    def adapt(self, raw):
+        raw = dict(raw)
+        valid = np.asarray(raw["hand_valid"], bool)
+        raw["hand_box"] = np.where(valid[:, None], np.asarray(raw.pop("hand_bbox"), np.float32), 0.0).astype(
+            np.float32)
+        raw["hand_box_annotated"] = np.bool_(True)
+        raw["has_joints2d"] = raw["has_joints3d"] = np.bool_(np.asarray(raw["joint_valid"], bool).any())
+        raw["hand_type"] = np.int64(np.asarray(raw["hand_type"]))
+        raw["interacting"] = np.bool_(int(raw["hand_type"]) == 2)
+        return raw
+
+
+def _skip_corrupt_kwargs(data_cfg) -> dict:
+    """``data.skip_corrupt``: skip (and report) corrupt / missing samples while building."""
+    return {"skip_corrupt": bool(data_cfg.get("skip_corrupt") or False)}
+
+
+def _hic_build_kwargs(data_cfg) -> dict:
+    path = data_cfg.get("mano_model") or ""
+    if path and not os.path.isdir(path):
+        raise ValueError(f"config key data.mano_model={path!r}: HIC needs the FOLDER holding MANO_RIGHT.pkl and "
+                         "MANO_LEFT.pkl (their J_regressor derives the joints from the meshes)")
+    return dict(_skip_corrupt_kwargs(data_cfg), mano_dir=path or None)
+
+
 # ----------------------------------------------------------------------------- descriptors
 def _ho3d_build_kwargs(data_cfg) -> dict:
     return {"mano_model": data_cfg.get("mano_model") or None}
@@ -482,9 +630,18 @@ DATASETS: Dict[str, Dataset] = {
                      config_aliases=dict(default="hand_object_480"), adapter=lambda cfg: FPHABAdapter(),
                      subset_keys=(None, "sequence")),
     "interhand": Dataset("data_pipelines.interhand", "5fps_hm", "ih26m",
-                         ("joints2d", "joints3d", "mano", "transl", "bbox", "subject_id"), video=True, hands=2,
-                         config_aliases=dict(default="5fps_hm"), build_kwargs=_interhand_build_kwargs,
+                         ("joints2d", "joints3d", "mano", "transl", "bbox", "part_seg", "subject_id"), video=True,
+                         hands=2, config_aliases=dict(default="5fps_hm"), build_kwargs=_interhand_build_kwargs,
                          adapter=_interhand_adapter, subset_keys=("annot_id", "file_name")),
+    # InterWild's 2-D in-the-wild data (person crop: data.crop='person' uses InterWild's person box)
+    "coco_wholebody": Dataset("data_pipelines.coco_wholebody", "default", "ih26m", ("joints2d", "mano", "bbox"),
+                              video=False, hands=2, eval_crop=dict(bbox_pad=1.25), build_kwargs=_skip_corrupt_kwargs,
+                              adapter=_coco_adapter, subset_keys=("annot_id", "file_name")),
+    # InterWild's test set: evaluated on the whole image (crop='hands': a square around it)
+    "hic": Dataset("data_pipelines.hic", "default", "ih26m", ("joints2d", "joints3d", "vertices", "bbox"),
+                   video=False, hands=2, eval_crop=dict(crop_from="image", bbox_pad=1.0),
+                   build_kwargs=_hic_build_kwargs, adapter=lambda cfg: HICAdapter(),
+                   subset_keys=("annot_id", "file_name")),
 }
 
 
@@ -766,6 +923,13 @@ def _hand_mean(desc: Dataset, data_cfg: Mapping[str, Any]):
     return np.asarray(mano.load_model(path, "right").hands_mean)
 
 
+def eval_flip(flip: str, hands: int) -> str:
+    """The flip of evaluation: never a random one, and none for two-hand samples (a flip swaps
+    the hands and their labels); single-hand 'left_to_right' (left hands mirrored into right
+    ones, a model input convention) stays."""
+    return "left_to_right" if flip == "left_to_right" and hands == 1 else "none"
+
+
 @dataclasses.dataclass
 class _Member:
     """One configured dataset: descriptor, builder directory and how to read / sample it."""
@@ -843,7 +1007,7 @@ class _Member:
                                      prefetch=prefetch, **args)
         else:
             crop = dict(self.desc.eval_crop, **dict(self.cfg.get("eval_crop") or {}))
-            eval_aug = {"flip": augment.get("flip", "none"), **crop}
+            eval_aug = {"flip": eval_flip(augment.get("flip", "none"), self.desc.hands), **crop}
             ds = make_sample_dataset(source, split, mode=mode, image_size=image_size, augment=eval_aug, seed=0,
                                      shuffle=False, num_epochs=1, pad_shards=True, prefetch=prefetch, **args)
         if self.reorder is not None:

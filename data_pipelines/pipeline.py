@@ -83,9 +83,16 @@ rel_root         L + (3,) f32          left wrist - right wrist (camera frame of
 hand_type        L int64               0 right, 1 left, 2 both (handjax.eval.two_hand codes)
 hand_type_valid  L bool
 interacting      L bool                two_hands: closer than 3 cm or overlapping boxes
+mano_valid       L + (2,) bool         the hand has a MANO fit (InterHand2.6M / COCO
+                                       NeuralAnnot); else has_mano for both hands
 K, sequence_id, frame_index, annotated, record, crop_affine (original -> crop pixels,
 the mirror included), aug_*: as above; two_hands adds hand_distance (closest vertices of
 the two hands, m) and kind (sequence kind, see two_hands' metadata ``kinds``).
+Frames may carry ``person_box`` (x1, y1, x2, y2: the person crop's window, consumed),
+``hand_box_annotated`` (True: ``hand_box`` holds annotated boxes that move with the crop
+instead of being recomputed from the geometry; consumed) and a frame-level ``bbox``
+(x1, y1, x2, y2, moved with the crop). COCO-WholeBody / HIC through the data factory:
+see :mod:`data_pipelines.factory` (``CocoWholeBodyAdapter``, ``HICAdapter``).
 ===============  ====================  =====================================================
 
 The built-in ``hand_object`` dataset adds (cropped with the frame by :func:`transform_extra_labels`):
@@ -178,7 +185,7 @@ def fill_two_hand_defaults(frame: Dict[str, np.ndarray]) -> None:
     ``has_*`` flag False for :data:`TWO_HAND_LABEL_DEFAULTS`; joint_valid all True;
     hand_valid = the hand has a valid joint; hand_type / hand_type_valid from hand_valid
     (:func:`data_pipelines.transforms.hand_type_code`); interacting = both hands valid;
-    hand_distance as float32."""
+    mano_valid (2,) = has_mano (True when absent) for both hands; hand_distance as float32."""
     for key, (shape, dtype, flag) in TWO_HAND_LABEL_DEFAULTS.items():
         if key not in frame:
             frame[key] = np.zeros(shape, dtype)
@@ -191,6 +198,9 @@ def fill_two_hand_defaults(frame: Dict[str, np.ndarray]) -> None:
     frame["hand_type"] = np.int64(frame.get("hand_type", code))
     frame["hand_type_valid"] = np.bool_(frame.get("hand_type_valid", code_valid))
     frame["interacting"] = np.bool_(frame.get("interacting", bool(frame["hand_valid"].all())))
+    # per-hand MANO validity: datasets with fits per hand (InterHand2.6M, COCO-WholeBody) store it;
+    # otherwise every hand has MANO exactly when the frame does
+    frame["mano_valid"] = np.asarray(frame.get("mano_valid", np.full(2, bool(frame.get("has_mano", True)))), bool)
     if "hand_distance" in frame:
         frame["hand_distance"] = np.float32(frame["hand_distance"])
 

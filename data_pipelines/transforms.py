@@ -445,7 +445,7 @@ def _swap_hands(x: np.ndarray) -> np.ndarray:
 
 
 _PER_HAND_KEYS = ("joints2d", "joints3d", "joint_valid", "vertices", "mano_pose", "betas", "transl", "hand_valid",
-                  "hand_box")
+                  "hand_box", "mano_valid")
 
 
 def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -456,8 +456,9 @@ def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarr
     project(K', M X) = (W - 1 - u, v). The mirrored right hand is the new LEFT hand: every
     per-hand / per-joint label is mirrored and the two hands swapped (joints 0..20 <->
     21..41, vertices, MANO pose mirrored for the other side's model with its translation
-    fixed (:func:`transform_mano`), betas, validity, boxes); hand_type 0 <-> 1; rel_root
-    recomputed. Applying it twice gives the frame back.
+    fixed (:func:`transform_mano`), betas, validity, boxes, ``mano_valid``); hand_type 0 <-> 1;
+    rel_root recomputed; frame-level boxes ``person_box`` / ``bbox`` (x1, y1, x2, y2) mirrored.
+    Applying it twice gives the frame back.
     """
     out = dict(frame)
     width = np.asarray(frame["image"]).shape[1]
@@ -486,6 +487,10 @@ def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarr
         box = np.asarray(frame["hand_box"], np.float64)
         flipped = np.stack([width - 1 - box[:, 2], box[:, 1], width - 1 - box[:, 0], box[:, 3]], axis=1)
         mirrored["hand_box"] = np.where(np.any(box != 0, axis=1, keepdims=True), flipped, 0.0)
+    for key in ("person_box", "bbox"):  # frame-level boxes (x1, y1, x2, y2): mirrored, not swapped
+        if key in frame and np.shape(frame[key]) == (4,):
+            x1, y1, x2, y2 = np.asarray(frame[key], np.float64)
+            out[key] = np.array([width - 1 - x2, y1, width - 1 - x1, y2], np.asarray(frame[key]).dtype)
     for key in _PER_HAND_KEYS:
         if key in frame:
             value = mirrored.get(key, frame[key])
@@ -525,6 +530,43 @@ def person_crop_size(image_size: int) -> Tuple[int, int]:
     return image_size, image_size * PERSON_ASPECT[1] // PERSON_ASPECT[0]
 
 
+PERSON_BOX_EXTENSION = 1.25  # InterWild's process_bbox: a person box (MSCOCO) is enlarged x1.25
+
+
+def person_window(box: np.ndarray, extension: float = 1.0) -> np.ndarray:
+    """InterWild's ``process_bbox`` after sanitizing: a box (x1, y1, x2, y2) enlarged about its
+    centre to the person crop's aspect (width : height = 3 : 4, the shorter side grown), then
+    both sides times ``extension`` -> (x1, y1, x2, y2) (4,) float64."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(box, np.float64).reshape(4))
+    w, h = x2 - x1, y2 - y1
+    aspect = PERSON_ASPECT[1] / PERSON_ASPECT[0]
+    if w > aspect * h:
+        h = w / aspect
+    elif w < aspect * h:
+        w = h * aspect
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    w, h = w * extension, h * extension
+    return np.array([cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0])
+
+
+def transform_boxes(boxes: np.ndarray, affine: np.ndarray, valid: np.ndarray, height: int, width: int
+                    ) -> np.ndarray:
+    """Annotated boxes (N, 4) = (x0, y0, x1, y1) through a pixel map: the extent of each box's
+    four mapped corners clipped to the image area [-0.5, W - 0.5] x [-0.5, H - 0.5]; zeros for
+    an invalid box (``valid`` (N,) False or no positive area) or an empty clip."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    out = np.zeros(boxes.shape, np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if not bool(np.asarray(valid).reshape(-1)[i]) or not (x1 > x0 and y1 > y0):
+            continue
+        corners = apply_affine(np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]), np.asarray(affine, np.float64))
+        lo = np.maximum(corners.min(axis=0), -0.5)
+        hi = np.minimum(corners.max(axis=0), np.array([width - 0.5, height - 0.5]))
+        if np.all(hi > lo):
+            out[i] = np.concatenate([lo, hi])
+    return out
+
+
 def transform_two_hand_frame(frame: Mapping[str, np.ndarray], params: AugmentParams, cfg: AugmentConfig,
                              image_size: int, crop: str) -> Dict[str, np.ndarray]:
     """Flip / crop / rotate / colour-jitter / normalise one decoded two-hand frame.
@@ -533,14 +575,19 @@ def transform_two_hand_frame(frame: Mapping[str, np.ndarray], params: AugmentPar
     :func:`mirror_two_hand_frame` (hands swapped); then ONE affine warp cuts the crop:
 
     * ``crop="hands"`` (DIGIT): a square (S, S) around the union of the valid hands' boxes,
-      side = bbox_pad * its longer side * scale (DIGIT: bbox_pad 1.25);
-    * ``crop="person"`` (InterWild): the whole frame as a 4:3 person crop (S, 3S/4), S =
-      image_size; the window is the smallest 4:3 box around the image, times scale.
+      side = bbox_pad * its longer side * scale (DIGIT: bbox_pad 1.25); with
+      ``cfg.crop_from == "image"`` around the whole image instead (side = the longer image side);
+    * ``crop="person"`` (InterWild): a 4:3 person crop (S, 3S/4), S = image_size; the window
+      is the smallest 4:3 box around the frame's ``person_box`` (x1, y1, x2, y2; e.g. from
+      :func:`person_window`) when it has one, else around the whole image, times scale.
 
     Both take shift (fraction of the window) and rotation. Labels follow the crop: joints2d
     = A(joints2d), 3-D points rotated, MANO root / translation updated per hand, K' the
     crop intrinsics, hand boxes recomputed from the projected joints and vertices and
-    clipped to the crop, joint_valid &= inside the crop, rel_root recomputed.
+    clipped to the crop (frames with ``hand_box_annotated`` True instead carry annotated
+    ``hand_box`` es, moved with :func:`transform_boxes`; the flag is consumed), a frame-level
+    ``bbox`` (4,) moved likewise, joint_valid &= inside the crop, rel_root recomputed;
+    ``person_box`` is consumed.
     ``crop_affine`` maps the ORIGINAL frame's pixels to the crop's (the mirror included;
     with a flip, joint i of the output is then A(original joint of the other hand)).
     """
@@ -554,14 +601,22 @@ def transform_two_hand_frame(frame: Mapping[str, np.ndarray], params: AugmentPar
     h, w = np.asarray(frame["image"]).shape[:2]
     if crop == "hands":
         out_hw = (int(image_size), int(image_size))
-        centre, side = two_hand_crop_box(frame)
+        if cfg.crop_from == "image":  # the whole image (e.g. HIC's evaluation)
+            centre, side = np.array([(w - 1) / 2.0, (h - 1) / 2.0]), float(max(h, w))
+        else:
+            centre, side = two_hand_crop_box(frame)
         side = side * cfg.bbox_pad * params.scale
         centre = centre + params.shift * side
     else:
         out_hw = person_crop_size(int(image_size))
-        side = max(w, h * PERSON_ASPECT[1] / PERSON_ASPECT[0]) * params.scale
-        centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0]) + params.shift * np.array(
-            [side, side * PERSON_ASPECT[0] / PERSON_ASPECT[1]])
+        if "person_box" in frame:  # a person box (COCO-WholeBody), else the whole frame
+            x1, y1, x2, y2 = (float(v) for v in np.asarray(frame["person_box"], np.float64))
+            base, extent = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0]), max(x2 - x1, (y2 - y1) * PERSON_ASPECT[1]
+                                                                             / PERSON_ASPECT[0])
+        else:
+            base, extent = np.array([(w - 1) / 2.0, (h - 1) / 2.0]), max(w, h * PERSON_ASPECT[1] / PERSON_ASPECT[0])
+        side = extent * params.scale
+        centre = base + params.shift * np.array([side, side * PERSON_ASPECT[0] / PERSON_ASPECT[1]])
     r3, k_new, affine = crop_camera(frame["K"], centre, side, out_hw, params.rotation, False)
 
     out = dict(frame)
@@ -580,10 +635,16 @@ def transform_two_hand_frame(frame: Mapping[str, np.ndarray], params: AugmentPar
     out["transl"] = np.stack([t for _, t in new])
     out["K"] = k_new.astype(np.float32)
     hand_valid = np.asarray(frame["hand_valid"], bool)
-    points = joints2d.reshape(2, HAND_JOINTS, 2)
-    if bool(frame.get("has_vertices", True)):
-        points = np.concatenate([points, project_points(out["vertices"], k_new)], axis=1)
-    out["hand_box"] = hand_boxes(points, hand_valid, *out_hw)
+    if bool(out.pop("hand_box_annotated", False)):  # annotated boxes (COCO-WholeBody, HIC) move with the crop
+        out["hand_box"] = transform_boxes(frame["hand_box"], affine, hand_valid, *out_hw)
+    else:
+        points = joints2d.reshape(2, HAND_JOINTS, 2)
+        if bool(frame.get("has_vertices", True)):
+            points = np.concatenate([points, project_points(out["vertices"], k_new)], axis=1)
+        out["hand_box"] = hand_boxes(points, hand_valid, *out_hw)
+    if "bbox" in frame and np.shape(frame["bbox"]) == (4,):  # a frame-level box (x1, y1, x2, y2)
+        out["bbox"] = transform_boxes(frame["bbox"], affine, [True], *out_hw)[0]
+    out.pop("person_box", None)  # consumed by the crop window
     out["joint_valid"] = np.asarray(frame["joint_valid"], bool) & in_image(joints2d, *out_hw)
     out["rel_root"] = (out["joints3d"][WRISTS[1]] - out["joints3d"][WRISTS[0]]).astype(np.float32)
     if flip:  # source pixels -> mirrored pixels (x -> W - 1 - x) -> crop

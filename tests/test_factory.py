@@ -419,3 +419,37 @@ def test_interhand_batches_through_the_factory(interhand, synth_dir):
     assert sum(int(e["valid"].sum()) for e in evals) == len(interhand["truth"]["test"])
     with pytest.raises(ValueError, match="data.crop='person' is for two-hand datasets"):
         factory.make_data_factory(synth_cfg(synth_dir, crop="person"))
+
+
+def test_interhand_part_seg_is_cropped_and_swapped_on_flips(interhand):
+    """DIGIT's part labels (rendered at build time) reach batches as a label image: the record's
+    map resampled (nearest) through the crop affine, classes 1..16 <-> 17..32 on a flip."""
+    import grain
+    import tensorflow_datasets as tfds
+
+    cfg = dict(interhand["cfg"], augment=dict(flip="random", rotation=25.0, scale=0.2))
+    data = factory.make_data_factory(ml_collections.ConfigDict(cfg))
+    ds = grain.MapDataset.source(tfds.builder_from_directory(data.builder_dir).as_data_source("train"))
+    recs = {int(r["annot_id"]): r for r in (ds[i] for i in range(len(ds)))}
+    b = next(data("train", "frame", 12, True))
+    assert b["part_seg"].shape == (12, 8, 8) and b["part_seg"].dtype == np.int32
+    checked = {True: 0, False: 0}
+    for i in range(12):
+        rec = recs[int(b["annot_id"][i])]
+        src = rec["part_seg"][..., 0].astype(np.int64)
+        assert bool(b["has_part_seg"][i]) == bool(rec["has_part_seg"])
+        flip = bool(b["aug_flip"][i])
+        inv = np.linalg.inv(b["crop_affine"][i].astype(np.float64))
+        jj, ii = np.meshgrid(np.arange(8), np.arange(8))
+        pts = np.stack([jj, ii, np.ones_like(jj)], -1).reshape(-1, 3) @ inv.T
+        col, row = np.floor(pts[:, 0] + 0.5).astype(int), np.floor(pts[:, 1] + 0.5).astype(int)
+        ok = (row >= 0) & (row < src.shape[0]) & (col >= 0) & (col < src.shape[1])
+        want = np.where(ok, src[np.clip(row, 0, src.shape[0] - 1), np.clip(col, 0, src.shape[1] - 1)], 0)
+        if flip:  # right parts 1..16 <-> left parts 17..32
+            want = np.where((want >= 1) & (want <= 16), want + 16, np.where(want > 16, want - 16, want))
+        frac = np.abs((pts[:, :2] + 0.5) % 1.0 - 0.5)  # away from the nearest-neighbour ties
+        clear = np.all(frac < 0.499, axis=1)
+        np.testing.assert_array_equal(b["part_seg"][i].reshape(-1)[clear], want[clear])
+        if want.any():
+            checked[flip] += 1
+    assert checked[True] and checked[False]
