@@ -13,7 +13,7 @@ number is stored as ``eval_index`` (for ``evaluation`` it is the official CodaLa
 Coordinates: HO-3D's annotations are in the OpenGL camera frame (y up, the hand along -z),
 metres. They are converted to handjax's OpenCV camera frame (x right, y down, z forward) in
 ONE function, :func:`meta_to_labels`, through
-:func:`handjax.eval.protocols.opengl_to_opencv` (F = diag(1, -1, -1)): points p -> F p,
+:func:`handjax.geometry.frames.opengl_to_opencv` (F = diag(1, -1, -1)): points p -> F p,
 rotations R -> F R (MANO global orientation, object rotation), MANO translation
 t -> F (J0 + t) - J0 with J0 = root - t the rest-pose wrist (so MANO(pose', betas, t')
 reproduces F * MANO(pose, betas, t)). Joints are in HO-3D order = handjax convention
@@ -65,8 +65,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipelines import manual
+from handjax.distributed import check_preemption
 from data_pipelines.transforms import axis_angle_to_matrix, matrix_to_axis_angle
-from handjax.eval.protocols import opengl_to_opencv, opengl_to_opencv_rotation
+from handjax.geometry.frames import opengl_to_opencv, opengl_to_opencv_rotation
 
 NAME = "ho3d"
 VERSION = "1.0.0"
@@ -323,16 +324,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                            mano_fn) -> Iterator[Tuple[int, Dict]]:
         index = {"sequence_id": [], "frame_index": [], "annotated": []}
         for position, (seq, fid) in enumerate(entries):
+            check_preemption(f"building {NAME}/{self.builder_config.name}")
             try:
                 example = self._example(root, split, seq, fid, position, seq_ids[seq], mano_fn)
             except manual.CorruptFileError as err:
-                self.policy.handle(err)
+                self.policy.handle(err, split=split, sample_id=f"{seq}/{fid}")
                 continue
             for key in index:
                 index[key].append(example[key] if key != "annotated" else bool(example[key]))
             yield manual.record_key(position, len(entries)), example
         self.info.metadata["index"][split] = index
-        self.info.metadata["skipped"][split] = [p for p, _ in self.policy.skipped]
+        self.info.metadata["skipped"][split] = self.policy.split_records(split)  # this split's skips only
 
     def _example(self, root: Path, split: str, seq: str, fid: str, position: int, seq_id: int, mano_fn) -> Dict:
         path = root / meta_path(split, seq, fid)

@@ -54,6 +54,7 @@ import numpy as np
 
 from handjax.eval import metrics
 from handjax.geometry import procrustes_align
+from handjax.geometry.frames import opengl_to_opencv, opengl_to_opencv_rotation  # noqa: F401 (re-exported)
 
 DATASETS = ("freihand", "ho3d")
 METRIC_KEYS = ("mpjpe_mm", "pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "auc_pa", "auc_pa_mesh", "num_joints",
@@ -67,27 +68,7 @@ HO3D_KEYS = ("xyz_mean3d_mm", "xyz_auc3d", "xyz_procrustes_al_mean3d_mm", "xyz_p
 HO3D_SCALE_JOINT = 4  # HO3D joint order (MANO tree): 0 wrist, 4 middle-finger MCP (middle1)
 
 
-
-# ----------------------------------------------------------------------------- coordinate frames
-def opengl_to_opencv(points: np.ndarray) -> np.ndarray:
-    """Negate y and z of (..., 3) vectors: OpenGL camera frame (y up, hand along -z) <-> OpenCV
-    (y down, z forward). Its own inverse. THE place handjax changes HO3D's axes: joints,
-    translations and (through :func:`opengl_to_opencv_rotation`) rotations use it."""
-    points = np.asarray(points)
-    if points.shape[-1:] != (3,):
-        raise ValueError(f"opengl_to_opencv: expected (..., 3) vectors, got shape {points.shape}")
-    return points * np.array([1.0, -1.0, -1.0], dtype=points.dtype if points.dtype.kind == "f" else np.float64)
-
-
-def opengl_to_opencv_rotation(rotation: np.ndarray) -> np.ndarray:
-    """R -> F R with F = diag(1, -1, -1) for (..., 3, 3) rotations mapping into the camera frame
-    (e.g. MANO's global orientation, an object's rotation): F applied to each column."""
-    rotation = np.asarray(rotation)
-    if rotation.shape[-2:] != (3, 3):
-        raise ValueError(f"opengl_to_opencv_rotation: expected (..., 3, 3), got shape {rotation.shape}")
-    return np.swapaxes(opengl_to_opencv(np.swapaxes(rotation, -1, -2)), -1, -2)
-
-
+# coordinate frames: handjax.geometry.frames (opengl_to_opencv is re-exported here)
 # ----------------------------------------------------------------------------- HO3D scale + translation alignment
 def align_sc_tr(pred: np.ndarray, gt: np.ndarray, root: int = 0, scale_joint: int = HO3D_SCALE_JOINT) -> np.ndarray:
     """HO3D's scale-and-translation alignment (its ``eval.py`` ``align_sc_tr``) of ``pred`` onto ``gt``.
