@@ -346,7 +346,10 @@ class CorruptPolicy:
         if not self.skipped:
             return f"{name}no corrupt files"
         lines = [f"{name}skipped {self.count} sample(s) with corrupt files:"]
-        lines += [f"  {path}: {reason}" for path, reason in self.skipped]
+        for r in self.records:  # each skip once, with its split and sample id when the builder gave them
+            where = "".join([f"split {r['split']}, " if r["split"] is not None else "",
+                             f"sample {r['sample_id']}: " if r["sample_id"] is not None else ""])
+            lines.append(f"  {where.rstrip(', ') + ': ' if where.endswith(', ') else where}{r['path']}: {r['reason']}")
         return "\n".join(lines)
 
     def write_report(self, path: Union[str, os.PathLike]) -> None:
@@ -356,6 +359,11 @@ class CorruptPolicy:
 
 
 # ----------------------------------------------------------------------------- tfds helpers
+def default_data_dir() -> str:
+    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
 _KEY_SPACE = 1 << 127  # tfds keys are hashed to 128 bits; with disable_shuffling the key itself is used
 
 

@@ -19,10 +19,21 @@ JAX use), first match wins:
 
 ``HANDJAX_DISTRIBUTED=off`` disables 2. and 3. (explicit values still apply).
 
-Preemption (:class:`PreemptionGuard`): SIGTERM (TPU maintenance events, SLURM time limits and
-preemption, ``kill``) asks the training loop to checkpoint the current step and stop; the
-process then exits with :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``: "try again") and
-running the same command again resumes from that checkpoint.
+Preemption: SIGTERM (TPU maintenance events, SLURM time limits and preemption, ``kill``) is a
+request to stop soon. ``handjax.main`` installs a process-wide handler for the whole run
+(:func:`install_preemption_handler`); any unit of work polls :func:`preemption_requested` (a
+flag read: free) or calls :func:`check_preemption`, which raises :class:`Preempted`. The
+training loop checkpoints the current step first (:class:`PreemptionGuard`); data building
+abandons the dataset being written (nothing half-built is left); evaluation abandons its pass
+(its results are not written, so a rerun evaluates again). ``handjax.main`` turns
+:class:`Preempted` into exit code :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``: "try
+again"), and running the same command again continues: finished stages are not redone and a
+training stage resumes from its checkpoint.
+
+With several processes, JAX's preemption service owns SIGTERM (it is started by
+``jax.distributed`` and makes every process stop at the same training step, whichever got the
+signal); no Python handler is installed, so a notice is acted on at the next training step
+(data building and evaluation run to their end first).
 """
 from __future__ import annotations
 
@@ -217,6 +228,68 @@ def build_once(build: Callable[[], T], name: str) -> T:
     return result
 
 
+class Preempted(Exception):
+    """A unit of work stopped on a preemption notice (SIGTERM); the same command continues it.
+
+    ``handjax.main`` exits with :data:`PREEMPTED_EXIT_CODE` on it. The training loop raises a
+    subclass after checkpointing (``handjax.train.loop.Preempted``).
+    """
+
+
+_NOTICE = threading.Event()  # set by the SIGTERM handler (or when the processes agreed to stop)
+_PROCESS_HANDLER = {"installed": False, "previous": None}
+
+
+def _on_sigterm(signum, frame) -> None:
+    del signum, frame
+    _NOTICE.set()
+
+
+def install_preemption_handler() -> bool:
+    """Catch SIGTERM for the rest of the run (``handjax.main`` calls it at start-up).
+
+    Single process: a Python handler sets the notice flag; work in progress polls it. Returns
+    False (nothing installed) with several processes (JAX's preemption service handles SIGTERM,
+    see the module docstring) or off the main thread.
+    """
+    if jax.distributed.is_initialized() or threading.current_thread() is not threading.main_thread():
+        return False
+    if not _PROCESS_HANDLER["installed"]:
+        _PROCESS_HANDLER["previous"] = signal.signal(signal.SIGTERM, _on_sigterm)
+        _PROCESS_HANDLER["installed"] = True
+    return True
+
+
+def uninstall_preemption_handler() -> None:
+    """Restore the SIGTERM handler found by :func:`install_preemption_handler`; clear the flag."""
+    if _PROCESS_HANDLER["installed"]:
+        signal.signal(signal.SIGTERM, _PROCESS_HANDLER["previous"] or signal.SIG_DFL)
+        _PROCESS_HANDLER.update(installed=False, previous=None)
+    _NOTICE.clear()
+
+
+def preemption_requested() -> bool:
+    """True once a preemption notice (SIGTERM) arrived in this process; a flag read, poll freely."""
+    return _NOTICE.is_set()
+
+
+def check_preemption(what: str) -> None:
+    """Raise :class:`Preempted` if a notice arrived: call between the steps of a unit of work
+    (``what`` names it, e.g. 'building synthetic_hands/tiny', 'evaluation') that can be abandoned
+    and redone from its start by a rerun."""
+    if _NOTICE.is_set():
+        raise Preempted(f"preemption notice (SIGTERM) during {what}: stopped it (nothing of it is kept); "
+                        f"run the same command again to continue")
+
+
+def all_processes_agree(flag: bool) -> bool:
+    """True when ``flag`` is True on every process (a collective with several processes)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag), np.int32))))
+
+
 _SYNC_CALLS = itertools.count()  # should_stop calls in this process: the same sequence on every process
 
 
@@ -226,9 +299,10 @@ class PreemptionGuard:
     ``with PreemptionGuard() as guard: ... if guard.should_stop(): save; stop``; every process
     calls ``should_stop`` once per step (the same number of times on every process).
 
-    * one process: a Python SIGTERM handler sets a flag (installed for the duration of the
-      ``with`` block, main thread only; the previous handler is restored afterwards).
-      ``should_stop`` just reads the flag: no host synchronisation.
+    * one process: ``should_stop`` reads the process-wide notice flag (no host
+      synchronisation). When ``handjax.main`` has not installed the process-wide handler (a
+      library caller), the guard installs one for the duration of the ``with`` block (main
+      thread only) and restores the previous handler afterwards.
     * several processes: JAX's preemption sync manager (started by ``jax.distributed``; it
       catches SIGTERM itself) agrees on a common call across processes, whichever process(es)
       got the signal (``multihost_utils.reached_preemption_sync_point``, counted in
@@ -238,18 +312,14 @@ class PreemptionGuard:
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._own_handler = False
         self._synced = False
 
     def __enter__(self) -> "PreemptionGuard":
         self._synced = jax.process_count() > 1
-        if not self._synced and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if not self._synced and not _PROCESS_HANDLER["installed"]:
+            self._own_handler = install_preemption_handler()
         return self
-
-    def _on_sigterm(self, signum, frame):
-        del signum, frame
-        self.requested = True
 
     def should_stop(self) -> bool:
         """True when the loop should checkpoint the current step and stop (together on every process)."""
@@ -260,9 +330,13 @@ class PreemptionGuard:
             except RuntimeError as e:  # preemption service off (jax_enable_preemption_service=False)
                 logging.warning("SIGTERM will not trigger a checkpoint in this multi-process run: %s", e)
                 self._synced = False
+            if self.requested:
+                _NOTICE.set()  # the processes agreed: later units of work see it too
+        else:
+            self.requested = _NOTICE.is_set()
         return self.requested
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        if self._own_handler:
+            uninstall_preemption_handler()
+            self._own_handler = False

@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from handjax.distributed import check_preemption
 from data_pipelines.manual import (
     CorruptFileError,
     CorruptPolicy,
@@ -179,22 +180,23 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root, split: str, samples: List[layout.Sample], intrinsics: Dict[str, np.ndarray]
                            ) -> Iterator[Tuple[int, Dict]]:
-        before, no_hand = self.policy.count, 0
+        no_hand = 0
         for position, sample in enumerate(samples):
+            check_preemption(f"building {NAME}/{self.builder_config.name}")
             try:
                 example = self._example(root, sample, intrinsics[sample.serial])
             except CorruptFileError as err:
-                self.policy.handle(err)
+                self.policy.handle(err, split=split, sample_id=f"{sample.meta.subject}/{sample.meta.name}/"
+                                                              f"{sample.serial}/{sample.frame}")
                 continue
             if example is None:
                 no_hand += 1
                 continue
             yield record_key(position, len(samples)), example
         self.info.metadata["no_hand"][split] = no_hand
-        skipped = self.policy.skipped[before:]
-        self.info.metadata["skipped"][split] = [{"path": p, "reason": r} for p, r in skipped]
-        if skipped:
-            print(self.policy.report(), file=sys.stderr)
+        self.info.metadata["skipped"][split] = self.policy.split_records(split)
+        if self.info.metadata["skipped"][split]:
+            print(self.policy.split_report(split), file=sys.stderr)
 
     @staticmethod
     def _example(root, sample: layout.Sample, K: np.ndarray) -> Optional[Dict]:

@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from handjax.distributed import check_preemption
 from data_pipelines.manual import (
     CorruptFileError,
     CorruptPolicy,
@@ -118,6 +119,10 @@ class _SequencePlan:
     object_poses: Dict[int, np.ndarray]  # frame -> (4, 4) world mm
 
 
+def _sample_id(ref, frame: int) -> str:
+    """subject/action/sequence/frame of one FPHAB sample (how skips name it)."""
+    return f"{ref.subject}/{ref.action}/{ref.seq}/{frame}"
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """FPHAB (manual download) as ArrayRecord. ``skip_corrupt``: skip and report corrupt
     frames / annotation files instead of stopping."""
@@ -158,11 +163,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self.info.metadata.update(discarded_sequences=[], without_object_pose=[], skipped={},
                                   mano_fits_sequences={})
         missing: List[str] = []
-        plans = {split: self._plan(root, refs, infos, missing) for split, refs in sequences.items()}
+        plans = {split: self._plan(root, split, refs, infos, missing) for split, refs in sequences.items()}
         self._check_images(root, plans, missing)
         return {split: self._generate_examples(root, split, plans[split]) for split in SPLITS if plans[split]}
 
-    def _plan(self, root, refs: List[layout.SequenceRef], infos, missing: List[str]) -> List[_SequencePlan]:
+    def _plan(self, root, split: str, refs: List[layout.SequenceRef], infos, missing: List[str]
+              ) -> List[_SequencePlan]:
         """Sequences of a split with their frames; missing skeleton files go to ``missing``."""
         cfg = self.builder_config
         plans = []
@@ -181,8 +187,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             try:
                 skeleton = layout.read_skeleton(skel_path, length)
                 poses = self._object_poses(root, ref)
-            except CorruptFileError as err:
-                self.policy.handle(err)
+            except CorruptFileError as err:  # the whole sequence
+                self.policy.handle(err, split=split, sample_id=f"{ref.subject}/{ref.action}/{ref.seq}")
                 continue
             if cfg.hand_object and not poses:
                 self.info.metadata["without_object_pose"].append(f"{ref.subject}/{ref.action}/{ref.seq}")
@@ -200,12 +206,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _check_images(self, root, plans: Dict[str, List[_SequencePlan]], missing: List[str]) -> None:
         """Every missing skeleton file and colour frame in ONE error (with skip_corrupt the
         missing frames are skipped and reported instead)."""
-        for split_plans in plans.values():
+        for split, split_plans in plans.items():
             for plan in split_plans:
                 lost = layout.missing_frames(root, plan.ref, plan.frames, self._from_reduced)
                 if lost and self.policy.skip:
-                    for _, rel in lost:
-                        self.policy.handle(CorruptFileError(os.path.join(os.fspath(root), rel), "image file missing"))
+                    for frame, rel in lost:
+                        self.policy.handle(CorruptFileError(os.path.join(os.fspath(root), rel), "image file missing"),
+                                           split=split, sample_id=_sample_id(plan.ref, frame))
                     gone = {frame for frame, _ in lost}
                     plan.frames = [f for f in plan.frames if f not in gone]
                 missing += [rel for _, rel in lost]
@@ -220,34 +227,34 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # ------------------------------------------------------------------ generation
     def _generate_examples(self, root, split: str, plans: List[_SequencePlan]) -> Iterator[Tuple[int, Dict]]:
         total = sum(len(p.frames) for p in plans)
-        before, position, with_fits = self.policy.count, 0, 0
+        position, with_fits = 0, 0
         K = layout.intrinsics(self.builder_config.reduced)
         for plan in plans:
-            fits = self._fits(root, plan.ref)
+            fits = self._fits(root, split, plan.ref)
             with_fits += bool(fits)
             for frame in plan.frames:
+                check_preemption(f"building {NAME}/{self.builder_config.name}")
                 try:
                     example = self._example(root, plan, frame, K, fits)
                 except CorruptFileError as err:
-                    self.policy.handle(err)
+                    self.policy.handle(err, split=split, sample_id=_sample_id(plan.ref, frame))
                     position += 1
                     continue
                 yield record_key(position, total), example
                 position += 1
         self.info.metadata["mano_fits_sequences"][split] = with_fits
-        skipped = self.policy.skipped[before:]
-        self.info.metadata["skipped"][split] = [{"path": p, "reason": r} for p, r in skipped]
-        if skipped:
-            print(self.policy.report(), file=sys.stderr)
+        self.info.metadata["skipped"][split] = self.policy.split_records(split)  # incl. planning-time skips
+        if self.info.metadata["skipped"][split]:
+            print(self.policy.split_report(split), file=sys.stderr)
 
-    def _fits(self, root, ref: layout.SequenceRef) -> Dict[int, Dict[str, np.ndarray]]:
+    def _fits(self, root, split: str, ref: layout.SequenceRef) -> Dict[int, Dict[str, np.ndarray]]:
         path = layout.optional_fits(root, ref)
         if path is None:
             return {}
         try:
             return layout.read_fits(path)
-        except CorruptFileError as err:
-            self.policy.handle(err)
+        except CorruptFileError as err:  # the sequence's MANO fits (its frames are kept, without fits)
+            self.policy.handle(err, split=split, sample_id=f"{ref.subject}/{ref.action}/{ref.seq} (MANO fits)")
             return {}
 
     def _image(self, root, ref: layout.SequenceRef, frame: int) -> bytes:

@@ -69,6 +69,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipelines import manual
+from handjax.distributed import check_preemption
 
 NAME = "freihand"
 VERSION = "1.0.0"
@@ -298,16 +299,19 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         records: List[int] = []
         masks: Dict[int, bytes] = {}
         for position, (idx, version) in enumerate(candidates):
+            check_preemption(f"building {NAME}/{self.builder_config.name}")
             try:
                 example = self._example(root, split, ann, idx, version, n_train, masks)
             except manual.CorruptFileError as err:
-                self.policy.handle(err)
+                img_id = image_id(idx, version, n_train) if split == "train" else idx
+                sample = f"{idx} (version {VERSIONS[version]}, image {img_id:08d})" if split == "train" else idx
+                self.policy.handle(err, split=split, sample_id=sample)
                 continue
             records.append(int(example["image_id"]))
             yield manual.record_key(position, len(candidates)), example
         self.info.metadata["index"][split] = {"sequence_id": records, "frame_index": [0] * len(records),
                                               "annotated": [True] * len(records)}
-        self.info.metadata["skipped"][split] = [p for p, _ in self.policy.skipped]
+        self.info.metadata["skipped"][split] = self.policy.split_records(split)  # this split's skips only
 
     def _example(self, root: Path, split: str, ann: Annotations, idx: int, version: int, n_train: int,
                  masks: Dict[int, bytes]) -> Dict:

@@ -96,7 +96,7 @@ def sample_grasp_poses(rng: np.random.Generator, space: hand_scene.PoseSpace, fr
     names = sorted(keys[0])
     flat = np.stack([np.concatenate([k[n].reshape(-1) for n in names]) for k in keys])
     path = hand_scene.catmull_rom(flat, frames)
-    return np.stack([hand_scene._angles_to_hand_pose(space, {n: c.reshape(3, 3) for n, c in
+    return np.stack([hand_scene.angles_to_hand_pose(space, {n: c.reshape(3, 3) for n, c in
                                                               zip(names, np.split(row, len(names)))})
                      for row in path])
 

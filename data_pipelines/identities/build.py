@@ -3,7 +3,7 @@
     python -m data_pipelines.identities.build --config default --data_dir DIR \
         [--train_subjects N] [--test_subjects M] [--sequences_per_subject Q] \
         [--test_sequences_per_subject Q'] [--frames T] [--image_size S] [--crop_size C] [--seed K] \
-        [--annotate_every k]
+        [--annotate_every k] [--overwrite]
 
 Sizes other than the named config's become a derived config (e.g. ``default_ns8``) stored in
 its own directory ``DIR/identities/<config>/<version>``. The data dir defaults to
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from data_pipelines.hand_object.build import run_build_cli
+from data_pipelines.builtin import run_build_cli
 
 from .identities_dataset_builder import BASE_CONFIGS, NAME, OVERRIDABLE, get_builder
 

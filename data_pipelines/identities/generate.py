@@ -1,5 +1,5 @@
 """Frame generation of the ``identities`` builder: subjects' sequences rendered in jitted
-batches with the ``synthetic_hands`` renderer (batching from :mod:`data_pipelines.hand_object.generate`).
+batches with the ``synthetic_hands`` renderer (batching: :func:`data_pipelines.builtin.render_sequences`).
 
 ``render_split(cfg, split)`` yields ``(key, frame)`` in record order (key = local sequence
 number * frames + frame index).
@@ -12,9 +12,8 @@ from typing import Dict, Iterator, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from data_pipelines.hand_object.generate import render_ahead, stack_sequences
+from data_pipelines import builtin
 from data_pipelines.synthetic_hands import renderer
 from data_pipelines.synthetic_hands import scene as hand_scene
 from handjax.mano import from_axis_angle, mano_forward
@@ -24,6 +23,7 @@ from . import scene as scene_lib
 
 PER_SEQUENCE = ("colors", "light_dir", "light_color", "ambient", "diffuse", "background", "is_right", "subject_id")
 PER_FRAME = ("pose", "betas", "transl", "K", "noise", "annotated")
+_LABELS = ("betas", "transl", "K", "is_right", "annotated", "subject_id")  # scene entries stored with each frame
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,39 +60,16 @@ def sample_split_sequence(cfg, split: str, number: int) -> Dict[str, np.ndarray]
     seq = scene_lib.sample_sequence(rng, rig, betas, scene_lib.subject_colors(cfg.seed, subject, rig), cfg.frames,
                                     cfg.image_size, cfg.annotate_every)
     seq["subject_id"] = np.int64(subject)
-    shape = (cfg.frames, cfg.image_size, cfg.image_size, 3)
-    seq["noise"] = (rng.standard_normal(shape) * seq["noise_std"]).astype(np.float32)
-    return seq
+    return builtin.add_sensor_noise(seq, rng, (cfg.frames, cfg.image_size, cfg.image_size, 3))
 
 
 def render_split(cfg, split: str) -> Iterator[Tuple[int, Dict[str, np.ndarray]]]:
     """Yield ``(key, frame)`` for every frame of ``split`` in record order."""
     from .identities_dataset_builder import split_sequences
 
-    n_seq, first_id = split_sequences(cfg, split)
-    per_batch = max(1, cfg.render_batch // cfg.frames)
-    batch = per_batch * cfg.frames
     models = renderer.builtin_models()
-
-    def jobs():
-        for start in range(0, n_seq, per_batch):
-            numbers = range(start, min(start + per_batch, n_seq))
-            seqs = [sample_split_sequence(cfg, split, i) for i in numbers]
-            yield numbers, stack_sequences(seqs, PER_FRAME, PER_SEQUENCE, cfg.frames, batch)
-
-    def render(scene):
-        inputs = {k: v for k, v in scene.items() if k not in ("annotated", "subject_id")}
-        return renderer.render_batch(models, inputs, cfg.image_size)
-
-    bar = tqdm(total=n_seq * cfg.frames, desc=f"rendering identities/{cfg.name}/{split}", unit=" frames",
-               leave=False)
-    for numbers, scene, rendered in render_ahead(jobs(), render):
-        for s, number in enumerate(numbers):
-            for t in range(cfg.frames):
-                i = s * cfg.frames + t
-                frame = {k: v[i] for k, v in rendered.items()}
-                frame.update({k: scene[k][i] for k in ("betas", "transl", "K", "is_right", "annotated", "subject_id")})
-                frame.update(mano_pose=scene["pose"][i], sequence_id=first_id + number, frame_index=t)
-                yield number * cfg.frames + t, frame
-        bar.update(len(numbers) * cfg.frames)
-    bar.close()
+    return builtin.render_sequences(
+        cfg, split, dataset="identities", sequences=split_sequences(cfg, split),
+        sample=lambda number: sample_split_sequence(cfg, split, number), per_frame=PER_FRAME,
+        per_sequence=PER_SEQUENCE, not_rendered=("annotated", "subject_id"), labels=_LABELS,
+        render=lambda inputs: renderer.render_batch(models, inputs, cfg.image_size))

@@ -33,17 +33,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipelines.hand_object.hand_object_dataset_builder import derive_config
-from data_pipelines.synthetic_hands.scene import annotated_flags
-from data_pipelines.synthetic_hands.synthetic_hands_dataset_builder import (
-    _encode as _encode_hand,
-    _features as _hand_features,
-    default_data_dir,
-)
+from data_pipelines import builtin
+from data_pipelines.builtin import annotated_flags
 
 NAME = "identities"
 VERSION = "1.0.0"
-SPLITS = ("train", "test")
+SPLITS = builtin.SPLITS
 
 
 @dataclasses.dataclass
@@ -84,7 +79,7 @@ _MINIMUM = {"seed": 0, "test_subjects": 0}
 
 def make_config(base: str = "default", **overrides) -> IdentitiesConfig:
     """``BASE_CONFIGS[base]`` with size overrides (derived name, e.g. ``default_ns8_t16``)."""
-    return derive_config(NAME, BASE_CONFIGS, base, OVERRIDABLE, _SHORT, _MINIMUM, overrides)
+    return builtin.derive_config(NAME, BASE_CONFIGS, base, OVERRIDABLE, _SHORT, _MINIMUM, overrides)
 
 
 def split_sequences(cfg: IdentitiesConfig, split: str) -> Tuple[int, int]:
@@ -115,14 +110,9 @@ def split_subjects(cfg: IdentitiesConfig, split: str) -> List[int]:
 def split_index(cfg: IdentitiesConfig, split: str) -> Dict[str, List]:
     """Record layout of a split: sequence_id / frame_index / annotated / subject_id lists."""
     n, first = split_sequences(cfg, split)
-    flags = annotated_flags(cfg.frames, cfg.annotate_every)
-    subjects = [sequence_subject(cfg, split, i) for i in range(n)]
-    return {
-        "sequence_id": np.repeat(np.arange(first, first + n), cfg.frames).tolist(),
-        "frame_index": np.tile(np.arange(cfg.frames), n).tolist(),
-        "annotated": np.tile(flags, n).tolist(),
-        "subject_id": np.repeat(subjects, cfg.frames).tolist(),
-    }
+    index = builtin.sequence_index(n, first, cfg.frames, annotated_flags(cfg.frames, cfg.annotate_every))
+    index["subject_id"] = np.repeat([sequence_subject(cfg, split, i) for i in range(n)], cfg.frames).tolist()
+    return index
 
 
 def load_subjects(builder_dir: str | os.PathLike) -> Dict[str, object]:
@@ -145,63 +135,50 @@ def load_subjects(builder_dir: str | os.PathLike) -> Dict[str, object]:
     return {"train": list(subjects["train"]), "test": list(subjects["test"]), "betas": betas}
 
 
-def _features(size: int) -> tfds.features.FeaturesDict:
-    features = dict(_hand_features(size))
-    features["subject_id"] = tfds.features.Tensor(shape=(), dtype=np.int64)
-    return tfds.features.FeaturesDict(features)
+def features(size: int) -> tfds.features.FeaturesDict:
+    """The single-hand features plus ``subject_id``."""
+    return tfds.features.FeaturesDict({**builtin.hand_features(size),
+                                       "subject_id": tfds.features.Tensor(shape=(), dtype=np.int64)})
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builtin.RenderedBuilder):
     """Subjects' right hands (fixed shape and skin), rendered with handjax."""
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = list(BASE_CONFIGS.values())
-    DEFAULT_CONFIG_NAME = "default"
+    OVERRIDABLE = OVERRIDABLE
     pkg_dir_path = epath.Path(__file__).parent
 
-    def __init__(self, *, file_format=None, **kwargs):
-        super().__init__(file_format=file_format or "array_record", **kwargs)
+    def features(self, cfg) -> tfds.features.FeaturesDict:
+        return features(cfg.image_size)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        cfg = self.builder_config
-        metadata = tfds.core.MetadataDict(
-            generator={k: getattr(cfg, k) for k in ("name",) + OVERRIDABLE},
-            index={split: split_index(cfg, split) for split in SPLITS},
-            subjects={split: split_subjects(cfg, split) for split in SPLITS},
-        )
-        return self.dataset_info_from_configs(description=__doc__, features=_features(cfg.image_size),
-                                              disable_shuffling=True, metadata=metadata)
+    def split_index(self, cfg, split: str) -> Dict[str, List]:
+        return split_index(cfg, split)
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {split: self._generate_examples(split) for split in SPLITS}
+    def extra_metadata(self, cfg) -> Dict:
+        return {"subjects": {split: split_subjects(cfg, split) for split in SPLITS}}
 
-    def _generate_examples(self, split: str) -> Iterator[Tuple[int, Dict]]:
+    def render_frames(self, split: str) -> Iterator[Tuple[int, Dict]]:
         from .generate import render_split, subject_betas  # imports jax lazily: reading needs no jax
 
         cfg = self.builder_config
         betas = subject_betas(cfg.seed, cfg.train_subjects + cfg.test_subjects, cfg.crop_size)
         self.info.metadata["subjects"]["betas"] = {str(i): b.astype(np.float64).tolist() for i, b in enumerate(betas)}
-        for key, frame in render_split(cfg, split):
-            example = _encode_hand(frame)
-            example["subject_id"] = int(frame["subject_id"])
-            yield key, example
+        yield from render_split(cfg, split)
+
+    def encode(self, frame: Dict[str, np.ndarray]) -> Dict:
+        example = builtin.encode_hand(frame)
+        example["subject_id"] = int(frame["subject_id"])
+        return example
 
 
 def get_builder(config: str | IdentitiesConfig = "default", data_dir: Optional[str] = None, **overrides) -> Builder:
     """The builder of a config (name or object) plus optional size overrides."""
-    if isinstance(config, str):
-        config = make_config(config, **overrides)
-    elif overrides:
-        raise ValueError("get_builder: give overrides with a config name, not a config object")
-    return Builder(config=config, data_dir=data_dir or default_data_dir())
+    return builtin.get_builder(Builder, make_config, config, data_dir, overrides)
 
 
 def ensure_built(config_name: str = "default", data_dir: Optional[str] = None, **overrides) -> str:
     """Build ``config_name`` (+ overrides) under ``data_dir`` unless it exists; return the
     builder directory ``<data_dir>/identities/<config>/<VERSION>``."""
-    builder = get_builder(config_name, data_dir, **overrides)
-    if not builder.is_prepared():
-        builder.download_and_prepare()
-    return os.fspath(builder.data_path)
+    return builtin.ensure_built(get_builder(config_name, data_dir, **overrides))

@@ -2,7 +2,7 @@
 
     python -m data_pipelines.synthetic_hands.build --config default --data_dir DIR \
         [--num_sequences N] [--test_sequences M] [--frames T] [--image_size S] [--seed K] \
-        [--annotate_every k]
+        [--annotate_every k] [--overwrite]
 
 Sizes other than the named config's become a derived config (e.g. ``default_n50_s96``)
 stored in its own directory ``DIR/synthetic_hands/<config>/<version>``. The data dir defaults
@@ -11,41 +11,15 @@ to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``. An existing build is reused 
 """
 from __future__ import annotations
 
-import argparse
-import shutil
-import sys
-import time
 from typing import Optional, Sequence
 
-from .synthetic_hands_dataset_builder import BASE_CONFIGS, OVERRIDABLE, ensure_built, get_builder
+from data_pipelines.builtin import run_build_cli
 
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data_pipelines.synthetic_hands.build",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="default", choices=sorted(BASE_CONFIGS))
-    parser.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR or "
-                                                         "~/tensorflow_datasets)")
-    for key in OVERRIDABLE:
-        parser.add_argument(f"--{key}", type=int, default=None, help=f"override the config's {key}")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
-    return parser.parse_args(argv)
+from .synthetic_hands_dataset_builder import BASE_CONFIGS, NAME, OVERRIDABLE, get_builder
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
-    args = parse_args(argv)
-    overrides = {k: getattr(args, k) for k in OVERRIDABLE}
-    builder = get_builder(args.config, args.data_dir, **overrides)
-    if args.overwrite and builder.is_prepared():
-        shutil.rmtree(builder.data_path)
-    start = time.perf_counter()
-    path = ensure_built(args.config, args.data_dir, **overrides)
-    info = get_builder(args.config, args.data_dir, **overrides).info
-    counts = ", ".join(f"{name}: {split.num_examples} frames" for name, split in info.splits.items())
-    print(f"synthetic_hands/{builder.builder_config.name} ({counts}) ready in "
-          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-    print(path)
-    return path
+    return run_build_cli(NAME, __doc__, BASE_CONFIGS, OVERRIDABLE, get_builder, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
+from data_pipelines.builtin import annotated_flags, split_sequences  # noqa: F401  (scene API)
 from handjax.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 NUM_JOINTS = 16
@@ -128,7 +129,7 @@ def _finger_angles(rng: np.random.Generator) -> Dict[str, np.ndarray]:
     return out
 
 
-def _angles_to_hand_pose(space: PoseSpace, angles: Dict[str, np.ndarray]) -> np.ndarray:
+def angles_to_hand_pose(space: PoseSpace, angles: Dict[str, np.ndarray]) -> np.ndarray:
     """Per-chain [flex, radial, twist] angles -> (45,) axis-angle of joints 1..15."""
     aa = np.zeros((NUM_JOINTS, 3))
     chains = dict(FINGER_CHAINS, thumb=THUMB_CHAIN)
@@ -173,7 +174,7 @@ def sample_hand_poses(rng: np.random.Generator, space: PoseSpace, frames: int) -
     poses = []
     for row in path:
         chunks = np.split(row, len(names))
-        poses.append(_angles_to_hand_pose(space, {n: c.reshape(3, 3) for n, c in zip(names, chunks)}))
+        poses.append(angles_to_hand_pose(space, {n: c.reshape(3, 3) for n, c in zip(names, chunks)}))
     return np.stack(poses)
 
 
@@ -340,17 +341,6 @@ class SceneConfig:
     left_fraction: float = 0.5
 
 
-def annotated_flags(frames: int, every: int) -> np.ndarray:
-    """(frames,) bool: frames 0, every, 2*every, ... and the last frame are annotated
-    (the handobjectconsist rule for sparse supervision). every <= 1 annotates all frames."""
-    t = np.arange(frames)
-    if every <= 1:
-        return np.ones(frames, bool)
-    flags = t % every == 0
-    flags[-1] = True
-    return flags
-
-
 def sample_sequence(rng: np.random.Generator, rig: HandRig, cfg: SceneConfig) -> Dict[str, np.ndarray]:
     """All per-frame scene parameters of one sequence (T = cfg.frames, S = cfg.image_size).
 
@@ -405,13 +395,3 @@ def sequence_rng(seed: int, split: str, number: int) -> np.random.Generator:
     if split not in SPLIT_CODES:
         raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
     return np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_CODES[split], int(number)]))
-
-
-def split_sequences(cfg, split: str) -> Tuple[int, int]:
-    """(number of sequences, first sequence_id) of a split of a config with ``num_sequences``
-    (train) and ``test_sequences`` (test): test ids follow the train ids."""
-    if split == "train":
-        return cfg.num_sequences, 0
-    if split == "test":
-        return cfg.test_sequences, cfg.num_sequences
-    raise ValueError(f"split must be one of {tuple(SPLIT_CODES)}, got {split!r}")

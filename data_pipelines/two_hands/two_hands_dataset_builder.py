@@ -57,35 +57,26 @@ Build: ``python -m data_pipelines.two_hands.build --config tiny|default [...]`` 
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from data_pipelines.synthetic_hands import scene as hand_scene
-from data_pipelines.synthetic_hands.synthetic_hands_dataset_builder import default_data_dir, png_bytes
+from data_pipelines import builtin
+from data_pipelines.builtin import png_bytes
 
 from . import scene as scene_lib
 
 NAME = "two_hands"
 VERSION = "1.0.0"
-SPLITS = ("train", "test")
+SPLITS = builtin.SPLITS
 HAND_TYPES = ("right", "left", "interacting")  # = handjax.eval.two_hand.HAND_TYPES (ClassLabel order)
 
 
 @dataclasses.dataclass
-class TwoHandsConfig(tfds.core.BuilderConfig):
+class TwoHandsConfig(builtin.SequencesConfig):
     """Size of the generated dataset; image_size is the person-crop height (width 3/4 of it)."""
-
-    num_sequences: int = 12
-    test_sequences: int = 6
-    frames: int = 4
-    image_size: int = 64
-    seed: int = 0
-    annotate_every: int = 2
-    render_batch: int = 32  # frames rendered per jitted call
 
 
 BASE_CONFIGS = {
@@ -96,9 +87,12 @@ BASE_CONFIGS = {
         name="default", description="300 train + 36 test sequences x 8 frames at 128x96.",
         num_sequences=300, test_sequences=36, frames=8, image_size=128, annotate_every=1, render_batch=64),
 }
-OVERRIDABLE = ("num_sequences", "test_sequences", "frames", "image_size", "seed", "annotate_every")
-_SHORT = {"num_sequences": "n", "test_sequences": "nt", "frames": "t", "image_size": "s", "seed": "seed",
-          "annotate_every": "k"}
+OVERRIDABLE = builtin.SEQUENCE_SIZES
+
+
+def _check_sizes(changes: Dict[str, int]) -> None:
+    if "image_size" in changes:
+        scene_lib.person_width(changes["image_size"])  # a multiple of 4
 
 
 def make_config(base: str = "default", **overrides) -> TwoHandsConfig:
@@ -107,37 +101,15 @@ def make_config(base: str = "default", **overrides) -> TwoHandsConfig:
     With overrides the config gets a derived name, e.g. ``default_n50_s64_seed3``, so each
     size lives in its own directory. Unknown config names or keys raise a ValueError.
     """
-    if base not in BASE_CONFIGS:
-        raise ValueError(f"unknown two_hands config {base!r}; known: {sorted(BASE_CONFIGS)}")
-    unknown = sorted(set(overrides) - set(OVERRIDABLE))
-    if unknown:
-        raise ValueError(f"two_hands make_config: unknown override(s) {unknown}; allowed: {list(OVERRIDABLE)}")
-    cfg = BASE_CONFIGS[base]
-    changes = {k: int(v) for k, v in overrides.items() if v is not None and int(v) != getattr(cfg, k)}
-    if not changes:
-        return cfg
-    for key, value in changes.items():
-        low = 0 if key in ("seed", "test_sequences") else 1
-        if value < low:
-            raise ValueError(f"two_hands make_config: {key} must be >= {low}, got {value}")
-    if "image_size" in changes:
-        scene_lib.person_width(changes["image_size"])  # a multiple of 4
-    name = base + "".join(f"_{_SHORT[k]}{changes[k]}" for k in OVERRIDABLE if k in changes)
-    return dataclasses.replace(cfg, name=name, description=f"{base} with {changes}", **changes)
+    return builtin.derive_config(NAME, BASE_CONFIGS, base, OVERRIDABLE, builtin.SEQUENCE_SHORT,
+                                 builtin.SEQUENCE_MINIMUM, overrides, _check_sizes)
 
 
-def split_index(cfg: TwoHandsConfig, split: str) -> Dict[str, List]:
-    """Record layout of a split: lists sequence_id / frame_index / annotated in record order."""
-    n, first = hand_scene.split_sequences(cfg, split)
-    flags = hand_scene.annotated_flags(cfg.frames, cfg.annotate_every)
-    return {
-        "sequence_id": np.repeat(np.arange(first, first + n), cfg.frames).tolist(),
-        "frame_index": np.tile(np.arange(cfg.frames), n).tolist(),
-        "annotated": np.tile(flags, n).tolist(),
-    }
+split_index = builtin.split_index  # record layout of a split (sequence_id / frame_index / annotated)
 
 
-def _features(height: int) -> tfds.features.FeaturesDict:
+def features(height: int) -> tfds.features.FeaturesDict:
+    """The features of a two-hand person crop of height ``height`` (the table above)."""
     width = scene_lib.person_width(height)
     f32, tensor = np.float32, tfds.features.Tensor
     return tfds.features.FeaturesDict({
@@ -169,11 +141,11 @@ def _features(height: int) -> tfds.features.FeaturesDict:
 _FLOAT_KEYS = ("joints2d", "joints3d", "vertices", "mano_pose", "betas", "transl", "hand_box", "rel_root", "K")
 
 
-def _encode(frame: Dict[str, np.ndarray]) -> Dict:
-    """Rendered frame arrays -> tfds example (PNG bytes for the images)."""
+def encode(frame: Dict[str, np.ndarray]) -> Dict:
+    """Rendered two-hand frame arrays -> tfds example (PNG bytes for the images)."""
     example = {k: np.asarray(frame[k], np.float32) for k in _FLOAT_KEYS}
     example["image"] = png_bytes(frame["image"])
-    example["mask"] = png_bytes((frame["mask"].astype(np.uint8) * 255)[..., None])
+    example["mask"] = builtin.mask_png(frame["mask"])
     example["part_seg"] = png_bytes(frame["part_seg"][..., None])
     example["joint_valid"] = np.asarray(frame["joint_valid"], bool)
     example["hand_valid"] = np.asarray(frame["hand_valid"], bool)
@@ -185,56 +157,36 @@ def _encode(frame: Dict[str, np.ndarray]) -> Dict:
     return example
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(builtin.RenderedBuilder):
     """Two-hand person-crop videos rendered with handjax's built-in MANO model and rasteriser."""
 
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = list(BASE_CONFIGS.values())
-    DEFAULT_CONFIG_NAME = "default"
+    OVERRIDABLE = OVERRIDABLE
     pkg_dir_path = epath.Path(__file__).parent
 
-    def __init__(self, *, file_format=None, **kwargs):
-        super().__init__(file_format=file_format or "array_record", **kwargs)
+    def features(self, cfg) -> tfds.features.FeaturesDict:
+        return features(cfg.image_size)
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        cfg = self.builder_config
-        metadata = tfds.core.MetadataDict(
-            generator={k: getattr(cfg, k) for k in ("name",) + OVERRIDABLE},
-            kinds=list(scene_lib.KINDS),
-            index={split: split_index(cfg, split) for split in SPLITS},
-        )
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=_features(cfg.image_size),
-            disable_shuffling=True,
-            metadata=metadata,
-        )
+    def extra_metadata(self, cfg) -> Dict:
+        return {"kinds": list(scene_lib.KINDS)}
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {split: self._generate_examples(split) for split in SPLITS}
-
-    def _generate_examples(self, split: str) -> Iterator[Tuple[int, Dict]]:
+    def render_frames(self, split: str) -> Iterator[Tuple[int, Dict]]:
         from .generate import render_split  # imports jax lazily: reading needs no jax
 
-        for key, frame in render_split(self.builder_config, split):
-            yield key, _encode(frame)
+        return render_split(self.builder_config, split)
+
+    def encode(self, frame: Dict[str, np.ndarray]) -> Dict:
+        return encode(frame)
 
 
 def get_builder(config: str | TwoHandsConfig = "default", data_dir: Optional[str] = None, **overrides) -> Builder:
     """The builder of a config (name or object) plus optional size overrides."""
-    if isinstance(config, str):
-        config = make_config(config, **overrides)
-    elif overrides:
-        raise ValueError("two_hands get_builder: give overrides with a config name, not a config object")
-    return Builder(config=config, data_dir=data_dir or default_data_dir())
+    return builtin.get_builder(Builder, make_config, config, data_dir, overrides)
 
 
 def ensure_built(config_name: str = "default", data_dir: Optional[str] = None, **overrides) -> str:
     """Build ``config_name`` (+ overrides) under ``data_dir`` unless it exists; return the
     builder directory (``<data_dir>/two_hands/<config>/<VERSION>``)."""
-    builder = get_builder(config_name, data_dir, **overrides)
-    if not builder.is_prepared():
-        builder.download_and_prepare()
-    return os.fspath(builder.data_path)
+    return builtin.ensure_built(get_builder(config_name, data_dir, **overrides))

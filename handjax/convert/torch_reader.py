@@ -45,12 +45,14 @@ import pickle
 import tarfile
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+ZIP_LOCAL_HEADER = b"PK\x03\x04"  # every zip archive (torch.save's default format) starts with it
 LEGACY_PROTOCOL_VERSION = 1001
 
 
@@ -687,10 +689,19 @@ def load_torch_checkpoint(path: str | os.PathLike, *, encoding: str = "utf-8") -
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if zipfile.is_zipfile(path):
-        obj, report = _load_zip(path, encoding)
+        try:
+            obj, report = _load_zip(path, encoding)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # damaged records (CRC, short reads)
+            raise CheckpointFormatError(f"{path}: damaged zip-format torch checkpoint ({type(e).__name__}: {e}); "
+                                        f"re-download or re-save it") from e
     else:
         with open(path, "rb") as fh:
             data = fh.read()
+        if data[:4] == ZIP_LOCAL_HEADER:
+            raise CheckpointFormatError(
+                f"{path}: truncated zip-format torch checkpoint: it starts like a zip archive (the torch.save "
+                f"default) but its end (the zip central directory) is missing; {len(data)} bytes read. The file "
+                f"was cut short (interrupted download or copy): re-download or re-save it")
         if len(data) >= 512 and tarfile.is_tarfile(path):
             raise CheckpointFormatError(f"{path}: pre-0.4 tar-format torch checkpoints are not supported; "
                                         "re-save it with a newer torch")

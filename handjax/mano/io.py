@@ -126,8 +126,12 @@ def load_mano_pickle(path: str) -> dict:
     with open(path, "rb") as f:
         try:
             raw = RestrictedMANOUnpickler(f, source=path).load()
-        except pickle.UnpicklingError:
-            raise
+        except pickle.UnpicklingError as e:
+            if str(e).startswith(f"{path}:"):  # a refused global, already naming the file
+                raise
+            # random bytes ("invalid load key"), a truncated file ("pickle data was truncated")
+            raise pickle.UnpicklingError(f"{path}: not a readable MANO pickle ({e}); re-download it "
+                                         f"(see https://mano.is.tue.mpg.de)") from e
         except Exception as e:  # truncated or corrupt file
             raise pickle.UnpicklingError(f"{path}: not a readable MANO pickle ({type(e).__name__}: {e})") from e
     if not isinstance(raw, dict):

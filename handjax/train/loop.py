@@ -284,7 +284,12 @@ def train(task: Task, data: Iterator, cfg, workdir: str, *, name: str = "train",
                     model.train()
                 if eval_every and task.eval_fn is not None and done % eval_every == 0 and not stop:
                     nnx.update(model, _host_copy(state["params"]), _host_copy(state["rest"]))
-                    logger.validation(done, task.eval_fn(model))  # every process: evaluation is collective
+                    try:
+                        logger.validation(done, task.eval_fn(model))  # every process: evaluation is collective
+                    except distributed.Preempted:  # notice during validation: abandon it, checkpoint this step
+                        if not is_ckpt:
+                            ckpt.save(done, state, data, metrics=last_metrics)
+                        stop = True
                     model.train()
                 if stop:
                     preempted_at = done
