@@ -277,3 +277,42 @@ def test_conv_impl_from_config():
     cfg.model.conv_impl = "fft"
     with pytest.raises(ValueError, match=r"model\.conv_impl must be one of"):
         recipe.build_model(cfg, with_projection=False)
+
+
+def _pre_layer_finetune_loss(model, batch, hand, weights):
+    """The fine-tune loss exactly as written before the system layer (dict decode, terms inline): the reference."""
+    from handjax.geometry import axis_angle_to_matrix, rot6d_to_matrix, torch_softplus
+
+    x = model(jnp.asarray(batch["image"]))[-1]
+    rot = jnp.concatenate([rot6d_to_matrix(x[:, None, 0:6], "interleaved"),
+                           rot6d_to_matrix(x[:, 6:96].reshape(-1, 15, 6), "interleaved")], axis=1)
+    betas, s, t = x[:, 96:106], torch_softplus(x[:, 106]), x[:, 107:109]
+    out = mano.mano_forward(hand, rot, betas, None, convention="tempclr")
+    idx = jnp.array(mano.joint_remap("tempclr", "freihand"))
+    joints = out.joints[:, idx]
+    proj = s[:, None, None] * (joints[..., :2] + t[:, None])
+    l1 = lambda a, b: jnp.mean(jnp.abs(a - b))
+    gt_rot = axis_angle_to_matrix(jnp.asarray(batch["mano_pose"]).reshape(-1, 16, 3))
+    terms = {
+        "joints2d": l1(proj, 2.0 * batch["joints2d"] / S - 1.0),
+        "joints3d": l1(joints - joints[:, :1], batch["joints3d"] - batch["joints3d"][:, :1]),
+        "vertices": l1(out.vertices - joints[:, :1], batch["vertices"] - batch["joints3d"][:, :1]),
+        "wrist_pose": jnp.mean(jnp.square(rot[:, :1] - gt_rot[:, :1])),
+        "hand_pose": jnp.mean(jnp.square(rot[:, 1:] - gt_rot[:, 1:])),
+        "betas": jnp.mean(jnp.square(betas - batch["betas"])),
+    }
+    return sum(weights[k] * v for k, v in terms.items()), terms
+
+
+def test_finetune_loss_equals_the_pre_layer_definition(hand):
+    """TempCLR on the shared loss terms computes the same loss as before the system layer (float32 rounding)."""
+    model = _model(3)
+    model.eval()
+    batch = _batch(hand, seed=5)
+    weights = {"joints2d": 1.0, "joints3d": 10.0, "vertices": 10.0, "wrist_pose": 1.0, "hand_pose": 1.0, "betas": 0.1}
+    total, terms = _loss(hand)(model, batch, None)
+    ref_total, ref_terms = _pre_layer_finetune_loss(model, batch, hand, weights)
+    assert set(terms) == set(ref_terms)
+    for k in terms:
+        np.testing.assert_allclose(float(terms[k]), float(ref_terms[k]), rtol=2e-6, err_msg=k)
+    np.testing.assert_allclose(float(total), float(ref_total), rtol=2e-6)
