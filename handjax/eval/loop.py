@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from handjax.distributed import check_preemption
 from handjax.sharding import gather_labels, global_batch, replicate
 
 
@@ -53,6 +54,7 @@ def evaluate(predict: Callable, model, batches: Iterable[dict], mesh, evaluator,
     for i, local in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
+        check_preemption("evaluation")  # SIGTERM: abandon the pass (no partial results; a rerun evaluates again)
         if len(inputs) == 1:
             args = (global_batch({"x": local[inputs[0]]}, mesh)["x"],)
         else:
