@@ -256,7 +256,10 @@ class RenderedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(split) for split in SPLITS}
 
     def _generate_examples(self, split: str) -> Iterator[Tuple[int, Dict]]:
+        from handjax.distributed import check_preemption  # SIGTERM: abandon the build (tfds removes it)
+
         for key, frame in self.render_frames(split):
+            check_preemption(f"building {self.name}/{self.builder_config.name}")
             yield key, self.encode(frame)
 
 
