@@ -49,6 +49,12 @@ Build command
     ``prepare(builder, manual_dir, *, overwrite=False) -> str``: check the manual dir
         (:meth:`check_manual_dir` of the builder when it has one), build with tfds (no
         TensorFlow needed) and return the builder directory.
+    ``get_named_builder(builder_cls, config, data_dir, **kw)`` and ``ensure_prepared(builder,
+        manual_dir, instructions)``: the bodies of a dataset's ``get_builder`` / ``ensure_built``
+        (``default_data_dir()``: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+    ``build_parser(...)``, ``build_command(args, get_builder, instructions=..., **kw)``,
+        ``build_and_report(...)`` and ``run_command(main)``: the pieces of every
+        ``python -m data_pipelines.<name>.build`` command line.
 """
 from __future__ import annotations
 
@@ -59,7 +65,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -68,6 +74,8 @@ __all__ = [
     "CorruptFileError", "CorruptPolicy", "EncodedImage", "ManualDirError", "RestrictedPickleError", "as_array",
     "check_manual_dir", "decode_image", "encode_jpeg", "encode_png", "image_bytes", "load_json",
     "load_pickle_restricted", "load_yaml", "missing_paths", "prepare", "read_image", "record_key", "resolve_any",
+    "build_and_report", "build_command", "build_parser", "default_data_dir", "ensure_prepared", "get_named_builder",
+    "run_command",
 ]
 
 Required = Union[str, Tuple[str, ...]]
@@ -394,9 +402,11 @@ def prepare(builder, manual_dir: Union[str, os.PathLike], *, overwrite: bool = F
 
 def build_parser(name: str, doc: str, *, manual_help: str, configs: Sequence[str], default_config: str,
                  config_help: Optional[str] = None, skip_help: str = "skip (and report) samples whose files are "
-                 "corrupt or missing", manual_required: bool = False):
+                 "corrupt or missing", manual_required: bool = False, help_layout: bool = False):
     """The argument parser every ``python -m data_pipelines.<name>.build`` starts from:
-    --manual_dir, --data_dir, --config, --skip_corrupt, --overwrite (add dataset-specific ones to it)."""
+    --manual_dir, --data_dir, --config, --skip_corrupt, --overwrite, and with ``help_layout``
+    --help_layout (print the expected download layout; see :func:`build_command`). Add
+    dataset-specific flags to it."""
     import argparse
 
     parser = argparse.ArgumentParser(prog=f"python -m data_pipelines.{name}.build", description=doc.split("\n\n")[0])
@@ -406,6 +416,8 @@ def build_parser(name: str, doc: str, *, manual_help: str, configs: Sequence[str
     parser.add_argument("--config", default=default_config, choices=list(configs), help=config_help)
     parser.add_argument("--skip_corrupt", action="store_true", help=skip_help)
     parser.add_argument("--overwrite", action="store_true", help="delete an existing build first")
+    if help_layout:
+        parser.add_argument("--help_layout", action="store_true", help="print the expected download layout")
     return parser
 
 
@@ -431,4 +443,56 @@ def build_and_report(builder, manual_dir: Union[str, os.PathLike], *, overwrite:
         builder.policy.write_report(os.path.join(path, "skipped_files.json"))
         print(builder.policy.report(), file=sys.stderr)
     print(path)
+    return path
+
+
+def build_command(args, get_builder: Callable, *, instructions: Optional[str] = None, **builder_kwargs) -> str:
+    """The body of a ``python -m data_pipelines.<name>.build`` main on parsed :func:`build_parser`
+    ``args``: with ``--help_layout`` print ``instructions`` (the download layout) and return "";
+    otherwise build ``get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt,
+    **builder_kwargs)`` from ``--manual_dir`` and report (:func:`build_and_report`)."""
+    if getattr(args, "help_layout", False):
+        print(instructions)
+        return ""
+    builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt, **builder_kwargs)
+    return build_and_report(builder, args.manual_dir, overwrite=args.overwrite, skip_corrupt=args.skip_corrupt)
+
+
+def run_command(main: Callable[[], Any]) -> None:
+    """``if __name__ == "__main__"`` of a build command: a :class:`ManualDirError` or
+    :class:`CorruptFileError` exits with ``error: <message>`` (status 1, no traceback)."""
+    import sys
+
+    try:
+        main()
+    except (ManualDirError, CorruptFileError) as err:
+        sys.exit(f"error: {err}")
+
+
+def get_named_builder(builder_cls, config: str, data_dir: Optional[str] = None, **kwargs):
+    """``builder_cls`` of a config name (one of its ``BUILDER_CONFIGS``) under ``data_dir``
+    (default :func:`default_data_dir`), kwargs to the builder (e.g. ``skip_corrupt``); an unknown
+    name raises a ValueError listing the known ones."""
+    names = [c.name for c in builder_cls.BUILDER_CONFIGS]
+    if config not in names:
+        raise ValueError(f"unknown {builder_cls.name} config {config!r}; known: {names}")
+    return builder_cls(config=config, data_dir=data_dir or default_data_dir(), **kwargs)
+
+
+def ensure_prepared(builder, manual_dir: Union[str, os.PathLike, None], instructions: str) -> str:
+    """What a manual dataset's ``ensure_built`` does: the builder directory
+    (``<data_dir>/<name>/<config>/<version>``), built from ``manual_dir`` when missing; a
+    FileNotFoundError with the download ``instructions`` when neither exists. Skipped corrupt
+    samples are reported on stderr."""
+    import sys
+
+    if builder.is_prepared():
+        return os.fspath(builder.data_path)
+    if not manual_dir:
+        raise FileNotFoundError(f"{builder.name}/{builder.builder_config.name} is not built under {builder.data_dir}; "
+                                f"give the raw download (data.manual_dir / --manual_dir) to build it."
+                                f"\n\n{instructions}")
+    path = prepare(builder, manual_dir)
+    if builder.policy.count:
+        print(builder.policy.report(), file=sys.stderr)
     return path

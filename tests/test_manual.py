@@ -154,3 +154,66 @@ def test_record_key_preserves_order_within_tfds_key_space():
     assert keys == sorted(keys) and len(set(keys)) == 7 and keys[-1] < 2 ** 128
     with pytest.raises(ValueError):
         manual.record_key(7, 7)
+
+
+# ----------------------------------------------------------------------------- shared build command pieces
+MANUAL_DATASETS = [  # (package, default config, instructions of its layout module)
+    ("coco_wholebody", "default", lambda layout: layout.INSTRUCTIONS),
+    ("hic", "default", lambda layout: layout.INSTRUCTIONS),
+    ("dexycb", "s0", lambda layout: layout.INSTRUCTIONS),
+    ("fphab", "hand_object_480", lambda layout: layout.INSTRUCTIONS),
+    ("interhand", "5fps_hm", lambda layout: layout.instructions()),
+]
+
+
+@pytest.mark.parametrize("name,default,instructions", MANUAL_DATASETS, ids=[d[0] for d in MANUAL_DATASETS])
+def test_manual_datasets_share_get_builder_and_ensure_built(tmp_path, name, default, instructions):
+    import importlib
+
+    package = importlib.import_module(f"data_pipelines.{name}")
+    layout = importlib.import_module(f"data_pipelines.{name}.layout")
+    builder = package.get_builder(default, str(tmp_path))
+    assert os.fspath(builder.data_path) == os.path.join(str(tmp_path), name, default, str(builder.VERSION))
+    # not built and no manual download: the error names dataset, config and builder dir, then the instructions
+    with pytest.raises(FileNotFoundError) as err:
+        package.ensure_built(default, str(tmp_path))
+    text = str(err.value)
+    assert text.startswith(f"{name}/{default} is not built under {builder.data_path}; give the raw download "
+                           "(data.manual_dir / --manual_dir) to build it.")
+    assert text.endswith("\n\n" + instructions(layout))
+    if name != "dexycb":  # dexycb configs are setups (make_config)
+        with pytest.raises(ValueError, match=f"unknown {name} config 'nope'; known: "):
+            package.get_builder("nope", str(tmp_path))
+    assert package.default_data_dir() == manual.default_data_dir()
+
+
+@pytest.mark.parametrize("name", ["coco_wholebody", "hic", "interhand"])
+def test_build_command_help_layout_prints_the_instructions(capsys, name):
+    import importlib
+
+    build = importlib.import_module(f"data_pipelines.{name}.build")
+    layout = importlib.import_module(f"data_pipelines.{name}.layout")
+    assert build.main(["--help_layout"]) == ""
+    expected = layout.instructions() if name == "interhand" else layout.INSTRUCTIONS
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_run_command_exits_with_the_message_of_manual_errors_only():
+    def bad_dir():
+        raise manual.ManualDirError("demo: 2 required entries missing", ["a", "b"])
+
+    def corrupt():
+        raise manual.CorruptFileError("/x/y.json", "not json")
+
+    def other():
+        raise KeyError("boom")
+
+    with pytest.raises(SystemExit) as err:
+        manual.run_command(bad_dir)
+    assert err.value.code == "error: demo: 2 required entries missing"
+    with pytest.raises(SystemExit) as err:
+        manual.run_command(corrupt)
+    assert err.value.code.startswith("error: ") and "/x/y.json" in err.value.code and "not json" in err.value.code
+    with pytest.raises(KeyError):  # anything else keeps its traceback
+        manual.run_command(other)
+    assert manual.run_command(lambda: "done") is None

@@ -9,11 +9,9 @@ dataset lands in ``OUT/coco_wholebody/default/1.0.0``; that path is printed on t
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from data_pipelines import manual
-from data_pipelines.manual import CorruptFileError, ManualDirError
 
 from . import layout
 from .coco_wholebody_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
@@ -23,23 +21,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = manual.build_parser(NAME, __doc__, manual_help="the COCO-WholeBody download (images/, annotations/)",
                                  configs=[c.name for c in BUILDER_CONFIGS], default_config="default",
                                  skip_help="skip (and report per split) samples whose image or annotation is corrupt "
-                                           "or missing")
-    parser.add_argument("--help_layout", action="store_true", help="print the expected download layout")
+                                           "or missing", help_layout=True)
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
-    args = parse_args(argv)
-    if args.help_layout:
-        print(layout.INSTRUCTIONS)
-        return ""
-    builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt)
-    return manual.build_and_report(builder, args.manual_dir, overwrite=args.overwrite,
-                                   skip_corrupt=args.skip_corrupt)
+    return manual.build_command(parse_args(argv), get_builder, instructions=layout.INSTRUCTIONS)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ManualDirError, CorruptFileError) as err:  # a clear message, no traceback
-        sys.exit(f"error: {err}")
+    manual.run_command(main)

@@ -10,11 +10,9 @@ e.g. ``s1_seq2_cam836212060125``); that path is printed on the last line.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from data_pipelines import manual
-from data_pipelines.manual import CorruptFileError, ManualDirError
 
 from . import layout
 from .dexycb_dataset_builder import BASE_CONFIGS, NAME, get_builder
@@ -33,14 +31,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
     serials = [s for s in args.serials.split(",") if s] if args.serials else None
-    builder = get_builder(args.config, args.data_dir, sequences_per_subject=args.sequences_per_subject,
-                          serials=serials, skip_corrupt=args.skip_corrupt)
-    return manual.build_and_report(builder, args.manual_dir, overwrite=args.overwrite,
-                                   skip_corrupt=args.skip_corrupt)
+    return manual.build_command(args, get_builder, sequences_per_subject=args.sequences_per_subject, serials=serials)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ManualDirError, CorruptFileError) as err:  # a clear message, no traceback
-        sys.exit(f"error: {err}")
+    manual.run_command(main)

@@ -47,9 +47,10 @@ from data_pipelines.manual import (
     CorruptFileError,
     CorruptPolicy,
     ManualDirError,
-    prepare,
     check_manual_dir,
+    default_data_dir,
     encode_png,
+    ensure_prepared,
     read_image,
     record_key,
 )
@@ -236,11 +237,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }
 
 
-def default_data_dir() -> str:
-    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
 def get_builder(setup: str = "s0", data_dir: Optional[str] = None, *, sequences_per_subject: Optional[int] = None,
                 serials: Optional[Sequence[str]] = None, skip_corrupt: bool = False) -> Builder:
     """The builder of a setup (plus optional debug restrictions, see :func:`make_config`)."""
@@ -261,14 +257,4 @@ def ensure_built(config: str = "s0", data_dir: Optional[str] = None, manual_dir:
     """The builder directory ``<data_dir>/dexycb/<config>/1.0.0``, built from ``manual_dir`` if
     missing (FileNotFoundError with the download instructions when neither exists);
     kwargs: sequences_per_subject, serials, skip_corrupt."""
-    builder = get_builder(config, data_dir, **kwargs)
-    if builder.is_prepared():
-        return os.fspath(builder.data_path)
-    if not manual_dir:
-        raise FileNotFoundError(f"dexycb/{builder.builder_config.name} is not built under {builder.data_dir}; "
-                                f"give the raw download (data.manual_dir / --manual_dir) to build it."
-                                f"\n\n{layout.INSTRUCTIONS}")
-    path = prepare(builder, manual_dir)
-    if builder.policy.count:
-        print(builder.policy.report(), file=sys.stderr)
-    return path
+    return ensure_prepared(get_builder(config, data_dir, **kwargs), manual_dir, layout.INSTRUCTIONS)

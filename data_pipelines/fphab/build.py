@@ -11,11 +11,9 @@ configs, optional Video_files_480/ and fhbhands_fits/). The dataset lands in
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from data_pipelines import manual
-from data_pipelines.manual import CorruptFileError, ManualDirError
 
 from .fphab_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
 
@@ -29,14 +27,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
-    args = parse_args(argv)
-    builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt)
-    return manual.build_and_report(builder, args.manual_dir, overwrite=args.overwrite,
-                                   skip_corrupt=args.skip_corrupt)
+    return manual.build_command(parse_args(argv), get_builder)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ManualDirError, CorruptFileError) as err:  # a clear message, no traceback
-        sys.exit(f"error: {err}")
+    manual.run_command(main)

@@ -51,8 +51,10 @@ from data_pipelines.manual import (
     CorruptFileError,
     CorruptPolicy,
     ManualDirError,
-    prepare,
     check_manual_dir,
+    default_data_dir,
+    ensure_prepared,
+    get_named_builder,
     read_image,
     record_key,
 )
@@ -296,31 +298,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }
 
 
-def default_data_dir() -> str:
-    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
-def get_builder(config: str = "hand_object_480", data_dir: Optional[str] = None, *, skip_corrupt: bool = False
-                ) -> Builder:
-    names = [c.name for c in BUILDER_CONFIGS]
-    if config not in names:
-        raise ValueError(f"unknown {NAME} config {config!r}; known: {names}")
-    return Builder(config=config, data_dir=data_dir or default_data_dir(), skip_corrupt=skip_corrupt)
+def get_builder(config: str = "hand_object_480", data_dir: Optional[str] = None, **kwargs) -> Builder:
+    """The builder of a config name (kwargs: skip_corrupt)."""
+    return get_named_builder(Builder, config, data_dir, **kwargs)
 
 
 def ensure_built(config: str = "hand_object_480", data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
                  **kwargs) -> str:
     """The builder directory ``<data_dir>/fphab/<config>/1.0.0``, built from ``manual_dir`` if
-    missing (FileNotFoundError with the download instructions when neither exists);
-    kwargs: skip_corrupt."""
-    builder = get_builder(config, data_dir, **kwargs)
-    if builder.is_prepared():
-        return os.fspath(builder.data_path)
-    if not manual_dir:
-        raise FileNotFoundError(f"fphab/{config} is not built under {builder.data_dir}; give the raw "
-                                f"download (data.manual_dir / --manual_dir) to build it.\n\n{layout.INSTRUCTIONS}")
-    path = prepare(builder, manual_dir)
-    if builder.policy.count:
-        print(builder.policy.report(), file=sys.stderr)
-    return path
+    missing (FileNotFoundError with the download instructions when neither exists); kwargs: skip_corrupt."""
+    return ensure_prepared(get_builder(config, data_dir, **kwargs), manual_dir, layout.INSTRUCTIONS)

@@ -15,11 +15,9 @@ Without ``--mano_dir`` no masks are rendered (``has_part_seg`` False, said in th
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Optional, Sequence
 
 from data_pipelines import manual
-from data_pipelines.manual import CorruptFileError, ManualDirError
 
 from . import layout
 from .interhand_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
@@ -28,29 +26,22 @@ from .interhand_dataset_builder import BUILDER_CONFIGS, NAME, get_builder
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = manual.build_parser(NAME, __doc__, manual_help="the extracted InterHand2.6M download",
                                  configs=[c.name for c in BUILDER_CONFIGS], default_config="5fps_hm",
-                                 skip_help="skip (and report) samples whose image or annotation is corrupt or missing")
+                                 skip_help="skip (and report) samples whose image or annotation is corrupt or missing",
+                                 help_layout=True)
     parser.add_argument("--mano_dir", default=None, help="folder with the official MANO_{RIGHT,LEFT}.pkl")
     parser.add_argument("--no_fix_left_shapedirs", action="store_true",
                         help="do not apply InterHand2.6M's left-hand shapedirs fix")
     parser.add_argument("--no_part_seg", action="store_true",
                         help="do not render DIGIT's part segmentation (it needs --mano_dir; ~0.5-1.3 s per frame)")
-    parser.add_argument("--help_layout", action="store_true", help="print the expected download layout")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
-    if args.help_layout:
-        print(layout.instructions())
-        return ""
-    builder = get_builder(args.config, args.data_dir, skip_corrupt=args.skip_corrupt, mano_dir=args.mano_dir,
-                          fix_left_shapedirs=not args.no_fix_left_shapedirs, render_part_seg=not args.no_part_seg)
-    return manual.build_and_report(builder, args.manual_dir, overwrite=args.overwrite,
-                                   skip_corrupt=args.skip_corrupt)
+    return manual.build_command(args, get_builder, instructions=layout.instructions(), mano_dir=args.mano_dir,
+                                fix_left_shapedirs=not args.no_fix_left_shapedirs,
+                                render_part_seg=not args.no_part_seg)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ManualDirError, CorruptFileError) as err:  # a clear message, no traceback
-        sys.exit(f"error: {err}")
+    manual.run_command(main)

@@ -76,10 +76,12 @@ from data_pipelines.manual import (
     CorruptFileError,
     CorruptPolicy,
     ManualDirError,
-    prepare,
     as_array,
     check_manual_dir,
+    default_data_dir,
     encode_png,
+    ensure_prepared,
+    get_named_builder,
     read_image,
     record_key,
 )
@@ -370,31 +372,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 # ----------------------------------------------------------------------------- helpers
-def default_data_dir() -> str:
-    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
 def get_builder(config: str = "5fps_hm", data_dir: Optional[str] = None, **kwargs) -> Builder:
     """The builder of a config name (kwargs: skip_corrupt, mano_dir, fix_left_shapedirs, render_part_seg)."""
-    names = [c.name for c in BUILDER_CONFIGS]
-    if config not in names:
-        raise ValueError(f"unknown {NAME} config {config!r}; known: {names}")
-    return Builder(config=config, data_dir=data_dir or default_data_dir(), **kwargs)
+    return get_named_builder(Builder, config, data_dir, **kwargs)
 
 
 def ensure_built(config: str = "5fps_hm", data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
                  **kwargs) -> str:
     """The builder directory ``<data_dir>/interhand/<config>/1.1.0``, built from ``manual_dir`` if
-    missing (FileNotFoundError with the download instructions when neither exists);
-    kwargs: skip_corrupt, mano_dir, fix_left_shapedirs, render_part_seg."""
-    builder = get_builder(config, data_dir, **kwargs)
-    if builder.is_prepared():
-        return os.fspath(builder.data_path)
-    if not manual_dir:
-        raise FileNotFoundError(f"interhand/{config} is not built under {builder.data_dir}; give the raw "
-                                f"download (data.manual_dir / --manual_dir) to build it.\n\n{layout.instructions()}")
-    path = prepare(builder, manual_dir)
-    if builder.policy.count:
-        print(builder.policy.report(), file=sys.stderr)
-    return path
+    missing (FileNotFoundError with the download instructions when neither exists); kwargs: skip_corrupt, mano_dir, fix_left_shapedirs, render_part_seg."""
+    return ensure_prepared(get_builder(config, data_dir, **kwargs), manual_dir, layout.instructions())
