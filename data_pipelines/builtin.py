@@ -203,9 +203,9 @@ def encode_hand(frame: Dict[str, np.ndarray]) -> Dict:
 class RenderedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """tfds builder of a rendered dataset; a dataset's ``Builder`` subclasses it and declares
     ``VERSION``, ``RELEASE_NOTES``, ``BUILDER_CONFIGS``, ``OVERRIDABLE`` (recorded in
-    ``info.metadata['generator']``), ``pkg_dir_path`` and the methods :meth:`features`,
-    :meth:`render_frames` and :meth:`encode` (plus, where the default does not fit,
-    :meth:`split_index` and :meth:`extra_metadata`). The dataset description is the docstring of the subclass's module.
+    ``info.metadata['generator']``), ``GENERATE`` (its frame-generation module),
+    ``pkg_dir_path`` and the methods :meth:`features` and :meth:`encode` (plus, where the
+    default does not fit, :meth:`split_index`, :meth:`render_frames` and :meth:`extra_metadata`). The dataset description is the docstring of the subclass's module.
 
     ArrayRecord files, splits ``train`` and ``test``, shuffling disabled (records in key order:
     one record per frame, a sequence's frames contiguous).
@@ -213,6 +213,7 @@ class RenderedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     DEFAULT_CONFIG_NAME = "default"
     OVERRIDABLE: Tuple[str, ...] = ()
+    GENERATE: str = ""  # module with render_split(cfg, split) -> (key, frame) iterator, e.g. "<package>.generate"
 
     def __init__(self, *, file_format=None, **kwargs):
         super().__init__(file_format=file_format or "array_record", **kwargs)
@@ -227,9 +228,13 @@ class RenderedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         by default that of a :class:`SequencesConfig`."""
         return split_index(cfg, split)
 
-    @abc.abstractmethod
     def render_frames(self, split: str) -> Iterator[Tuple[int, Dict[str, np.ndarray]]]:
-        """``(key, frame arrays)`` of every frame of ``split`` in record order."""
+        """``(key, frame arrays)`` of every frame of ``split`` in record order: by default
+        ``render_split(cfg, split)`` of the module named by ``GENERATE``, imported only when
+        building (it imports jax; reading a built dataset needs none)."""
+        import importlib
+
+        return importlib.import_module(self.GENERATE).render_split(self.builder_config, split)
 
     @abc.abstractmethod
     def encode(self, frame: Dict[str, np.ndarray]) -> Dict:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -152,6 +152,7 @@ class Builder(builtin.RenderedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = list(BASE_CONFIGS.values())
     OVERRIDABLE = OVERRIDABLE
+    GENERATE = "data_pipelines.hand_object.generate"
     pkg_dir_path = epath.Path(__file__).parent
 
     def features(self, cfg) -> tfds.features.FeaturesDict:
@@ -159,11 +160,6 @@ class Builder(builtin.RenderedBuilder):
 
     def extra_metadata(self, cfg) -> Dict:
         return {"objects": objects_metadata()}
-
-    def render_frames(self, split: str) -> Iterator[Tuple[int, Dict]]:
-        from .generate import render_split  # imports jax lazily: reading needs no jax
-
-        return render_split(self.builder_config, split)
 
     def encode(self, frame: Dict[str, np.ndarray]) -> Dict:
         return encode(frame)

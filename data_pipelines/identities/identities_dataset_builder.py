@@ -148,6 +148,7 @@ class Builder(builtin.RenderedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = list(BASE_CONFIGS.values())
     OVERRIDABLE = OVERRIDABLE
+    GENERATE = "data_pipelines.identities.generate"
     pkg_dir_path = epath.Path(__file__).parent
 
     def features(self, cfg) -> tfds.features.FeaturesDict:
@@ -160,12 +161,12 @@ class Builder(builtin.RenderedBuilder):
         return {"subjects": {split: split_subjects(cfg, split) for split in SPLITS}}
 
     def render_frames(self, split: str) -> Iterator[Tuple[int, Dict]]:
-        from .generate import render_split, subject_betas  # imports jax lazily: reading needs no jax
+        from .generate import subject_betas  # imports jax lazily: reading needs no jax
 
         cfg = self.builder_config
         betas = subject_betas(cfg.seed, cfg.train_subjects + cfg.test_subjects, cfg.crop_size)
         self.info.metadata["subjects"]["betas"] = {str(i): b.astype(np.float64).tolist() for i, b in enumerate(betas)}
-        yield from render_split(cfg, split)
+        yield from super().render_frames(split)
 
     def encode(self, frame: Dict[str, np.ndarray]) -> Dict:
         example = builtin.encode_hand(frame)

@@ -36,7 +36,7 @@ Build: ``python -m data_pipelines.synthetic_hands.build --config tiny|default [.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -89,15 +89,11 @@ class Builder(builtin.RenderedBuilder):
                               "instead of nearly uniform ones."}
     BUILDER_CONFIGS = list(BASE_CONFIGS.values())
     OVERRIDABLE = OVERRIDABLE
+    GENERATE = "data_pipelines.synthetic_hands.generate"
     pkg_dir_path = epath.Path(__file__).parent
 
     def features(self, cfg) -> tfds.features.FeaturesDict:
         return builtin.hand_features(cfg.image_size)
-
-    def render_frames(self, split: str) -> Iterator[Tuple[int, Dict]]:
-        from .generate import render_split  # imports jax lazily: reading needs no jax
-
-        return render_split(self.builder_config, split)
 
     def encode(self, frame: Dict[str, np.ndarray]) -> Dict:
         return builtin.encode_hand(frame)

@@ -57,7 +57,7 @@ Build: ``python -m data_pipelines.two_hands.build --config tiny|default [...]`` 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -164,6 +164,7 @@ class Builder(builtin.RenderedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = list(BASE_CONFIGS.values())
     OVERRIDABLE = OVERRIDABLE
+    GENERATE = "data_pipelines.two_hands.generate"
     pkg_dir_path = epath.Path(__file__).parent
 
     def features(self, cfg) -> tfds.features.FeaturesDict:
@@ -171,11 +172,6 @@ class Builder(builtin.RenderedBuilder):
 
     def extra_metadata(self, cfg) -> Dict:
         return {"kinds": list(scene_lib.KINDS)}
-
-    def render_frames(self, split: str) -> Iterator[Tuple[int, Dict]]:
-        from .generate import render_split  # imports jax lazily: reading needs no jax
-
-        return render_split(self.builder_config, split)
 
     def encode(self, frame: Dict[str, np.ndarray]) -> Dict:
         return encode(frame)
