@@ -5,7 +5,13 @@ CodaLab ``pred.json`` (``eval.pred_json``, default ``<workdir>/pred.json``):
 
   python -m data_pipelines.freihand.build --manual_dir /data/FreiHAND_pub_v2 --data_dir /data/tfds
   python -m handjax.main --config configs/eval_freihand.py --workdir /tmp/eval_freihand \
-      --config.eval.checkpoint=/runs/tempclr_freihand/finetune --config.data.data_dir=/data/tfds
+      --config.eval.checkpoint=/runs/tempclr_freihand/finetune --config.data.data_dir=/data/tfds \
+      --config.mano.model_path=mano_v1_2/models/MANO_RIGHT.pkl
+
+``mano.model_path`` (your MANO_RIGHT.pkl, https://mano.is.tue.mpg.de) is required: FreiHAND's
+labels and every released TempCLR model were made with the real MANO model, so evaluating
+with the built-in hand is an error (``--config.mano.allow_builtin=True`` forces it for
+experiments; the numbers are then not comparable to published ones).
 
 ``eval.checkpoint``: a training workdir's ``finetune`` directory or a model-only checkpoint
 (``handjax.models.checkpoint.save_model``, e.g. a converted TempCLR release). The model is
@@ -27,7 +33,6 @@ def get_config(arg=None):
     c.stages = "eval"
     c.data.builder_config = "default"
     c.data.manual_dir = ""  # raw download: built into data_dir if the dataset is not built yet
-    c.data.mano_model = ""  # MANO_RIGHT.pkl: absolute FreiHAND poses for training (not needed to evaluate)
     c.data.eval_crop = dict(crop_from="image", bbox_pad=1.0)  # TempCLR: whole 224 image -> 256
     c.model.backbone = "resnet50"
     c.model.hidden = (1024, 1024)

@@ -8,7 +8,12 @@ the order of ``evaluation.txt``):
 
   python -m data_pipelines.ho3d.build --manual_dir /data/HO3D_v2 --data_dir /data/tfds --config v2
   python -m handjax.main --config configs/eval_ho3d.py:version=v2 --workdir /tmp/eval_ho3d \
-      --config.eval.checkpoint=/runs/tempclr_ho3d/finetune --config.data.data_dir=/data/tfds
+      --config.eval.checkpoint=/runs/tempclr_ho3d/finetune --config.data.data_dir=/data/tfds \
+      --config.mano.model_path=mano_v1_2/models/MANO_RIGHT.pkl
+
+``mano.model_path`` (your MANO_RIGHT.pkl, https://mano.is.tue.mpg.de) is required, as for
+FreiHAND (``--config.mano.allow_builtin=True`` forces the built-in hand for experiments).
+``data.mano_model`` defaults to it (used when the dataset is built: GT vertices).
 
 ``eval.checkpoint``: a training workdir's ``finetune`` directory or a model-only checkpoint
 (``handjax.models.checkpoint.save_model``). The model is TempCLR's HO3D model: ResNet-18,
@@ -31,7 +36,6 @@ def get_config(arg=None):
     c.stages = "eval"
     c.data.builder_config = a.version
     c.data.manual_dir = ""  # raw download: built into data_dir if the dataset is not built yet
-    c.data.mano_model = ""  # MANO_RIGHT.pkl used when building: stores GT vertices for PA-MPVPE / F-scores
     c.data.eval_crop = dict(crop_from="bbox", bbox_pad=2.0)  # TempCLR: square of 2 x max(w, h) of the box
     c.model.backbone = "resnet18"
     c.model.hidden = (1024, 1024)

@@ -17,7 +17,8 @@ def test_eval_freihand_end_to_end(tmp_path):
     work = tmp_path / "work"
     out = run_main(["--config", "configs/eval_freihand.py:size=tiny", "--workdir", str(work),
                     f"--config.eval.checkpoint={tmp_path / 'ckpt'}", f"--config.data.data_dir={tmp_path / 'data'}",
-                    f"--config.data.manual_dir={raw}"])
+                    f"--config.data.manual_dir={raw}",
+                    "--config.mano.allow_builtin=True"])  # fixture labels made with the built-in hand
     assert "pa_mpjpe_mm" in out and "f15" in out and "auc_pa" in out
     assert "pred.json (3 samples) written" in out and "is not a complete submission" in out
     row = json.loads((work / "eval_metrics.json").read_text())["fine-tuned (no pretraining)"]

@@ -230,7 +230,8 @@ def test_pipeline_labels_are_reachable_by_the_regressor(hand, tmp_path_factory):
                              weights={"joints2d": 1.0, "joints3d": 1.0, "vertices": 1.0, "wrist_pose": 1.0,
                                       "hand_pose": 1.0, "betas": 1.0}, image_size=S)
     _, good = loss(Fixed(ideal), batch, None)
-    assert set(good) == set(recipe.FINETUNE_TERMS)  # the config check's list is the loss's terms
+    paper = {t for t in recipe.FINETUNE_TERMS if t.startswith(("expose_", "temporal_"))}  # the recipes' terms
+    assert set(good) | paper == set(recipe.FINETUNE_TERMS)  # the config check's list is the loss's terms
     _, mean = loss(Fixed(np.tile(np.asarray(default_mean_param(8.0)), (8, 1))), batch, None)
     # TempCLR's fingertip vertices differ from FreiHAND's (the labels'): a few mm on 5 of 21 joints
     assert float(good["joints3d"]) < 1.5e-3 and float(good["vertices"]) < 1.5e-3, good

@@ -8,7 +8,8 @@
 2. runs the listed stages in the system's order, each in ``<workdir>/<stage>``: a training
    stage builds its task, initialises from ``cfg.<stage>.init_from`` or from the final
    checkpoint of its declared predecessor when that ran in this job, and trains (resuming
-   from its own checkpoints); an evaluation stage evaluates the trained (or restored) model
+   from its own checkpoints) on the job's data or, with ``<stage>.data`` set, on
+   ``cfg.data`` updated by those keys (:func:`stage_data_config`); an evaluation stage evaluates the trained (or restored) model
    and the system's trivial baselines, prints the table, writes ``eval_metrics.json`` (and
    the system's extra files, e.g. pred.json);
 3. returns ``{stage: metrics}`` (``handjax.main`` writes it to ``results.json``).
@@ -44,6 +45,30 @@ def parse_stages(system: System, spec: str) -> tuple:
 def _stage_seed(system: System, cfg, name: str) -> int:
     """Stage i of the declaration (not of the job) gets seed ``cfg.seed + i``: the same with or without earlier stages."""
     return int(cfg.seed) + system.stage_names.index(name)
+
+
+def stage_data_config(cfg, name: str) -> dict:
+    """The data config of stage ``name``: ``cfg.data`` with the stage's own ``<name>.data`` keys on top
+    (e.g. ``pretrain.data.name='hanco'``: contrastive pretraining on another, video, dataset; keys
+    left empty inherit)."""
+    base = cfg.data.to_dict() if hasattr(cfg.data, "to_dict") else dict(cfg.data)
+    return dict(base, **_own_data(cfg, name))
+
+
+def _own_data(cfg, name: str) -> dict:
+    """The keys of ``<name>.data`` that are set (empty strings and None inherit ``cfg.data``'s)."""
+    own = (cfg.get(name) or {}).get("data") or {}
+    own = own.to_dict() if hasattr(own, "to_dict") else dict(own)
+    return {k: v for k, v in own.items() if v is not None and v != ""}
+
+
+def _stage_data(cfg, name: str, data):
+    """The data factory of a stage: the job's, or one of its own when ``<name>.data`` sets keys."""
+    if not _own_data(cfg, name):
+        return data
+    from data_pipelines.factory import make_data_factory
+
+    return make_data_factory(stage_data_config(cfg, name), seed=int(cfg.seed))
 
 
 def _context(system, cfg, name, mesh, workdir, data) -> StageContext:
@@ -148,9 +173,10 @@ def _init_whole(model, source: str) -> str:
 
 
 def _train_iter(stage: TrainStage, ctx: StageContext):
-    request = dict(stage.data)
-    return ctx.data(split=ctx.stage_cfg.get("split", "train"), batch_size=int(ctx.stage_cfg.batch_size),
-                    train=True, seed=ctx.seed, **request)
+    request = dict(stage.data(ctx) if callable(stage.data) else stage.data)
+    data = _stage_data(ctx.cfg, stage.name, ctx.data)
+    return data(split=ctx.stage_cfg.get("split", "train"), batch_size=int(ctx.stage_cfg.batch_size),
+                train=True, seed=ctx.seed, **request)
 
 
 def _run_eval(system, stage: EvalStage, ctx: StageContext, job, models) -> dict:

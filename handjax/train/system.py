@@ -10,7 +10,8 @@ Stage configs (``cfg.<stage name>``) are read by the runner: ``num_steps``, ``ba
 ``optim``, ``log_every``, ``checkpoint_every``, ``keep_checkpoints``, ``summary_every``,
 ``init_from`` (a checkpoint to start from), ``loss_weights`` (checked against the stage's
 ``loss_terms``), ``split`` (default ``train``), ``eval_every`` / ``eval_split`` /
-``eval_batches`` (validation during training, written to TensorBoard).
+``eval_batches`` (validation during training, written to TensorBoard), ``data`` (data keys
+of this stage's training data on top of ``cfg.data``).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class TrainStage:
     """A training stage.
 
     task(ctx) -> handjax.train.loop.Task: builds the stage's model (seeded by ``ctx.seed``) and loss.
-    data: the data request: ``mode`` plus its sampling parameters (forwarded to the data factory).
+    data: the data request: ``mode`` plus its sampling parameters (forwarded to the data factory),
+      or ``data(ctx) -> request`` when it depends on the config.
     init_from: the stage whose final checkpoint initialises this one when both run in one job
       (``cfg.<stage>.init_from`` overrides it with any checkpoint path).
     init(ctx, model, path) -> str: loads ``path`` (a stage workdir or a model-only checkpoint)
@@ -54,7 +56,7 @@ class TrainStage:
 
     name: str
     task: Callable[[StageContext], Any]
-    data: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"mode": "frame"})
+    data: Any = dataclasses.field(default_factory=lambda: {"mode": "frame"})  # Mapping or ctx -> Mapping
     init_from: str = ""
     init: Optional[Callable[[StageContext, Any, str], str]] = None
     loss_terms: Tuple[str, ...] = ()

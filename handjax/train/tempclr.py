@@ -19,13 +19,17 @@ from handjax import mano
 from handjax.eval import protocols
 from handjax.losses import loss_from_weights, needs_mesh, nt_xent, undo_equivariance, window_pairs
 from handjax.models import CONV_IMPLS
-from handjax.models.checkpoint import is_model_checkpoint
+from handjax.models.checkpoint import is_model_checkpoint, load_model, read_meta
 from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
 from handjax.train.loop import Task, restore_model
 from handjax.train.system import EvalStage, Predictor, System, TrainStage
 
 MODEL_CONVENTION = "tempclr"
-FINETUNE_TERMS = ("joints2d", "joints3d", "vertices", "wrist_pose", "hand_pose", "betas")
+# TempCLR's MANOLossModule temporal_consistency (pose_w, shape_w) on fine-tuning video windows
+TEMPORAL_TERMS = ("temporal_pose", "temporal_shape")
+FINETUNE_TERMS = ("joints2d", "joints3d", "vertices", "wrist_pose", "hand_pose", "betas",  # built-in tuned terms
+                  "expose_joints2d", "expose_joints3d", "expose_vertices", "expose_wrist_pose",  # paper recipes
+                  "expose_hand_pose", "expose_betas") + TEMPORAL_TERMS
 
 
 # ----------------------------------------------------------------------------- model
@@ -68,11 +72,56 @@ def pretrain_loss(model, batch, rng, *, temperature: float, equivariance: bool):
     return loss, {"nt_xent": loss}
 
 
+def temporal_consistency(rotmats, betas, in_window):
+    """TempCLR's temporal-consistency term on fine-tuning windows (anchor = frame 0).
+
+    rotmats (B, F, 16, 3, 3) wrist + finger rotations, betas (B, F, 10), in_window (B, F) bool.
+    Returns (pose, shape): the squared Frobenius distance of the 16 rotations and the squared
+    L2 distance of the betas between the anchor and every other in-window frame, summed over
+    joints / coefficients and averaged over those frame pairs. (TempCLR's MANOLossModule feeds
+    ``wrist_pose``, ``hand_pose`` and ``betas`` of a batch of contiguous subsequences to a
+    ``temporal_consistency`` loss weighted by ``pose_w`` / ``shape_w``; its definition is not
+    in the released code, so this is the plain squared difference of those parameters.)
+    """
+    pairs = in_window[:, 1:].astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(pairs), 1.0)
+    d_pose = jnp.sum(jnp.square(rotmats[:, 1:] - rotmats[:, :1]), axis=(-3, -2, -1))
+    d_shape = jnp.sum(jnp.square(betas[:, 1:] - betas[:, :1]), axis=-1)
+    return jnp.sum(d_pose * pairs) / n, jnp.sum(d_shape * pairs) / n
+
+
+def flatten_frames(batch, b: int, f: int) -> dict:
+    """A window batch (leading (B, F)) as a frame batch of B * F samples."""
+    return {k: v.reshape((b * f,) + v.shape[2:]) if v.ndim >= 2 and v.shape[:2] == (b, f) else v
+            for k, v in batch.items()}
+
+
 def finetune_loss(model, batch, rng, *, mano_model, remap, weights, image_size: int):
-    """The shared supervised terms (``handjax.losses.terms``) on the last stage (TempCLR's pose_last_stage)."""
+    """The supervised terms (``handjax.losses.terms``) on the last stage (TempCLR's pose_last_stage).
+
+    Window batches (B, F, ...) (temporal terms weighted): every frame is supervised, and the
+    temporal-consistency terms tie each window's frames to its anchor.
+    """
     del rng
-    pred = hand_output(model, batch["image"], mano_model, remap, image_size, with_mesh=needs_mesh(weights))
-    return loss_from_weights(pred, batch, weights, image_size)
+    images = batch["image"]
+    temporal = {k: float(weights.get(k, 0.0)) for k in TEMPORAL_TERMS}
+    frame_weights = {k: w for k, w in weights.items() if k not in TEMPORAL_TERMS}
+    if images.ndim == 4:
+        if any(temporal.values()):
+            raise ValueError("finetune: the temporal terms need window batches (B, F, ...)")
+        pred = hand_output(model, images, mano_model, remap, image_size, with_mesh=needs_mesh(frame_weights))
+        return loss_from_weights(pred, batch, frame_weights, image_size)
+    b, f = images.shape[:2]
+    flat = flatten_frames(batch, b, f)
+    pred = hand_output(model, flat["image"], mano_model, remap, image_size, with_mesh=needs_mesh(frame_weights))
+    total, used = loss_from_weights(pred, flat, frame_weights, image_size)
+    pose, shape = temporal_consistency(pred.rotmats.reshape((b, f) + pred.rotmats.shape[1:]),
+                                       pred.betas.reshape(b, f, -1), batch["in_window"])
+    for name, value in zip(TEMPORAL_TERMS, (pose, shape)):
+        if temporal[name]:
+            total = total + temporal[name] * value
+            used[name] = value
+    return total, used
 
 
 # ----------------------------------------------------------------------------- stages
@@ -95,13 +144,53 @@ def finetune_task(ctx) -> Task:
     return Task(build_model(cfg, with_projection=False, seed=ctx.seed), loss, summary_fn=summaries)
 
 
+def _meta(path: str) -> dict:
+    return read_meta(path) if is_model_checkpoint(path) else {}
+
+
+def _load_imagenet_backbone(ctx, model, path: str, meta: dict) -> str:
+    """A converted torchvision ResNet (``python -m handjax.convert torchvision-resnet``) into model.backbone."""
+    want = backbone_name(ctx.cfg)
+    have = f"resnet{meta.get('depth')}"
+    if have != want:
+        raise ValueError(f"config key {ctx.name}.init_from={path!r}: a converted torchvision ResNet-{meta.get('depth')}"
+                         f", but model.backbone={want!r}")
+    load_model(model.backbone, path)
+    return f"backbone initialised from the ImageNet {have} weights at {path} (upstream's backbone.pretrained=True)"
+
+
 def init_backbone(ctx, model, path: str) -> str:
-    """TempCLR's fine-tune init: only the backbone weights (params and BN statistics) of ``path``."""
+    """TempCLR's fine-tune init: only the backbone weights (params and BN statistics) of ``path``
+    (a pretrain workdir, a TempCLR model-only checkpoint, or a converted torchvision ResNet)."""
+    meta = _meta(path)
+    if meta.get("system") == "torchvision-resnet":
+        return _load_imagenet_backbone(ctx, model, path, meta)
     # a pretrain workdir holds a projection head; a converted model-only checkpoint does not
     source = build_model(ctx.cfg, with_projection=not is_model_checkpoint(path), seed=0)
     restore_model(source, path)
     nnx.update(model.backbone, nnx.state(source.backbone))
     return f"backbone initialised from {path} (backbone weights only, as TempCLR)"
+
+
+def init_pretrain(ctx, model, path: str) -> str:
+    """``pretrain.init_from``: ImageNet weights (a converted torchvision ResNet: the backbone; the
+    projection head starts fresh), a TempCLR model-only checkpoint (its backbone) or a pretrain
+    workdir (the whole model, projection head included)."""
+    meta = _meta(path)
+    if meta.get("system") == "torchvision-resnet":
+        return _load_imagenet_backbone(ctx, model, path, meta)
+    if meta:
+        return init_backbone(ctx, model, path)
+    restore_model(model, path)
+    return f"initialised from {path}"
+
+
+def _finetune_data(ctx):
+    """Frames, or (temporal terms weighted) windows of ``data.sampling.window`` / k=2, window=1 pairs."""
+    weights = dict(ctx.stage_cfg.get("loss_weights") or {})
+    if any(float(weights.get(k, 0.0)) for k in TEMPORAL_TERMS):
+        return {"mode": "window", **dict(ctx.stage_cfg.get("temporal_window") or {"k": 2, "window": 1})}
+    return {"mode": "frame"}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -242,6 +331,8 @@ def summary_fn(mano_model, remap, image_size: int, num_images: int = 4, min_disp
         return out, K, out.vertices + t[:, None]
 
     def summarize(model, batch):
+        if np.ndim(batch["image"]) == 5:  # window batches (temporal terms): their frames
+            batch = flatten_frames(batch, *np.shape(batch["image"])[:2])
         images = jnp.asarray(batch["image"][:num_images])
         out, K, verts = predict(model, images)
         rendered = render.render_mesh_batch(verts, mano_model.faces, K, (size, size),
@@ -260,16 +351,85 @@ def summary_fn(mano_model, remap, image_size: int, num_images: int = 4, min_disp
 
 
 # ----------------------------------------------------------------------------- the system
+MANO_REQUIRED = (
+    "set config key mano.model_path to your MANO_RIGHT.pkl (or the folder holding it): register at "
+    "https://mano.is.tue.mpg.de, download 'Models & Code' (mano_v1_2.zip), use mano_v1_2/models/MANO_RIGHT.pkl; "
+    "or set mano.allow_builtin=True to run this experiment with the built-in hand anyway (its numbers are then not "
+    "comparable to published ones)")
+
+
+def _job(cfg) -> tuple:
+    return tuple(x.strip() for x in str(cfg.stages).split(",") if x.strip())
+
+
+def _dataset(data_cfg):
+    from data_pipelines.factory import get_dataset
+
+    return get_dataset(data_cfg.get("name") or "")
+
+
+def _released_checkpoint(path: str) -> bool:
+    """A converted release (``python -m handjax.convert tempclr``): its regressor was trained with the real MANO."""
+    return bool(path) and _meta(path).get("converter") == "handjax.convert.tempclr.convert_tempclr"
+
+
+def check_mano_guard(cfg) -> None:
+    """A converted TempCLR checkpoint or a real dataset meeting the built-in hand (``mano.model_path``
+    empty) is an error unless ``mano.allow_builtin``: every vertex / joint metric, every loss and
+    pred.json would silently be computed with another hand model."""
+    if cfg.mano.get("model_path") or cfg.mano.get("allow_builtin", False):
+        return
+    from handjax.train.runner import stage_data_config
+
+    job = _job(cfg)
+    if "eval" in job and "finetune" not in job and _released_checkpoint(cfg.eval.get("checkpoint", "") or ""):
+        raise ValueError(f"config key eval.checkpoint={cfg.eval.checkpoint!r} is a converted TempCLR release, whose "
+                         f"regressor was trained with the real MANO model, but mano.model_path is empty (the "
+                         f"built-in hand would make every metric and pred.json meaningless): {MANO_REQUIRED}")
+    for stage in ("finetune", "eval"):  # the stages that use the hand model
+        if stage not in job:
+            continue
+        data_cfg = stage_data_config(cfg, stage) if stage == "finetune" else cfg.data.to_dict()
+        names = [data_cfg.get("name")] + [e[0] if isinstance(e, (tuple, list)) else e.get("name")
+                                          for e in (data_cfg.get("mixture") or [])]
+        for name in filter(None, names):
+            if _dataset({"name": name}).manual:
+                raise ValueError(f"stage {stage!r} uses the real dataset {name!r} (config key data.name), but "
+                                 f"mano.model_path is empty: its labels were made with the real MANO model, the "
+                                 f"built-in hand would give meaningless losses and metrics: {MANO_REQUIRED}")
+
+
+def check_video(cfg) -> None:
+    """Contrastive pretraining (and the fine-tuning temporal terms) need video datasets."""
+    from handjax.train.runner import stage_data_config
+
+    job = _job(cfg)
+    temporal = any(float((cfg.finetune.get("loss_weights") or {}).get(k, 0.0)) for k in TEMPORAL_TERMS)
+    for stage, why in (("pretrain", "contrastive pretraining draws its positives from other frames of a video"),
+                       ("finetune", "the temporal terms (finetune.loss_weights.temporal_*) need video windows")):
+        if stage not in job or (stage == "finetune" and not temporal):
+            continue
+        data_cfg = stage_data_config(cfg, stage)
+        name = data_cfg.get("name") or ""
+        if name and not _dataset(data_cfg).video:
+            key = f"{stage}.data.name" if (cfg.get(stage).get("data") or {}).get("name") else "data.name"  # noqa
+            raise ValueError(f"config key {key}={name!r}: a single-frame dataset, but {why} (with single frames "
+                             f"every positive is the anchor itself and nothing is learned); use a video dataset, "
+                             f"e.g. {stage}.data.name='hanco' (FreiHAND's authors' videos) or 'ho3d'")
+
+
 def _check(cfg):
     if _protocol(cfg) and _protocol(cfg) not in protocols.PROTOCOLS:
         raise ValueError(f"config key eval.protocol={_protocol(cfg)!r}: known protocols {list(protocols.PROTOCOLS)}")
+    check_mano_guard(cfg)
+    check_video(cfg)
 
 
 SYSTEM = System(
     name="tempclr",
     stages=(
-        TrainStage("pretrain", pretrain_task, data={"mode": "window"}),
-        TrainStage("finetune", finetune_task, data={"mode": "frame"}, init_from="pretrain", init=init_backbone,
+        TrainStage("pretrain", pretrain_task, data={"mode": "window"}, init=init_pretrain),
+        TrainStage("finetune", finetune_task, data=_finetune_data, init_from="pretrain", init=init_backbone,
                    loss_terms=FINETUNE_TERMS),
         EvalStage("eval", model_from="finetune", model=lambda ctx: build_model(ctx.cfg, with_projection=False,
                                                                                 seed=ctx.seed),
