@@ -585,10 +585,10 @@ def test_pointer_resolution_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="latest_checkpoint: empty"):
         resolve_checkpoint(folder)
     (folder / "latest_checkpoint").write_text("/nowhere/out/checkpoints/tempclr_freihand\n")
-    (folder / "tempclr_freihand").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError,
-                       match=r"points to '/nowhere/.*pass --checkpoint .*checkpoints/tempclr_freihand"):
+    with pytest.raises(FileNotFoundError, match=r"points to '/nowhere/.*tried .*pass the checkpoint file"):
         resolve_checkpoint(folder)
+    (folder / "tempclr_freihand").write_bytes(b"x")  # a foreign absolute path: the file beside the pointer
+    assert resolve_checkpoint(folder) == (str(folder / "tempclr_freihand"), str(folder / "latest_checkpoint"))
     # relative: the pointer's folder wins over the CWD
     (folder / "latest_checkpoint").write_text("tempclr_freihand")
     monkeypatch.chdir(tmp_path)

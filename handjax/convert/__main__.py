@@ -27,17 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "tempclr", help="TempCLR release (FreiHAND ResNet-50 or HO3D ResNet-18 model)",
         description="Convert a TempCLR checkpoint into a handjax TempCLRModel checkpoint (hidden 1024-1024, 3 "
-                    "stages; depth detected). Use it with configs/tempclr.py as --config.eval.checkpoint=<out> "
-                    "(or --config.finetune.init_from=<out>) plus --config.model.depth=<18|50> and "
-                    "--config.model.hidden='(1024, 1024)'.")
+                    "stages; depth detected). Evaluate it with configs/eval_freihand.py (ResNet-50) or "
+                    "configs/eval_ho3d.py (ResNet-18) as --config.eval.checkpoint=<out> together with "
+                    "--config.mano.model_path=<your MANO_RIGHT.pkl> (required: the released regressors were "
+                    "trained with the real MANO model), or fine-tune from its backbone with "
+                    "--config.finetune.init_from=<out>.")
     t.add_argument("--checkpoint", required=True,
                    help="the checkpoint file (tempclr_freihand / tempclr_ho3d), its 'latest_checkpoint' text file, "
-                        "or the 'checkpoints' folder holding that")
+                        "or the 'checkpoints' folder holding that; a pointer whose path does not exist here (the "
+                        "author's absolute path, or a relative one from another directory) falls back to the file "
+                        "of that name beside it, with a note")
     t.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
 
     r = sub.add_parser(
         "torchvision-resnet", help="torchvision ImageNet ResNet-18/34/50 weights (.pth)",
-        description="Convert torchvision ResNet weights into a handjax ResNet checkpoint (fc dropped). Load it with "
+        description="Convert torchvision ResNet weights into a handjax ResNet checkpoint (fc dropped). Start "
+                    "TempCLR's pretraining from ImageNet with --config.pretrain.init_from=<out> (upstream's "
+                    "backbone.pretrained=True), or load it with "
                     "handjax.models.checkpoint.load_model(ResNet(depth, rngs=nnx.Rngs(0)), <out>).")
     r.add_argument("--checkpoint", required=True, help="torchvision state dict file, e.g. resnet50-0676ba61.pth")
     r.add_argument("--depth", type=int, choices=(18, 34, 50), default=None,

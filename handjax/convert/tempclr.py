@@ -203,13 +203,24 @@ def _read_pointer(pointer: str) -> str:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, Optional[str]]:
-    """``(checkpoint file, latest_checkpoint file or None)`` for a file, a pointer or a folder.
+    """``(checkpoint file, latest_checkpoint file or None)``; see :func:`locate_checkpoint`."""
+    file, pointer, _ = locate_checkpoint(path)
+    return file, pointer
+
+
+def locate_checkpoint(path: str | os.PathLike) -> tuple[str, Optional[str], Optional[str]]:
+    """``(checkpoint file, latest_checkpoint file or None, note or None)`` for a file, a pointer or a folder.
 
     path: the checkpoint file; a ``latest_checkpoint`` text file; or the folder
-    holding one. A relative path in the pointer is resolved against the
-    pointer's folder first, then against the current directory (the original
-    code resolves it against the CWD); an absolute path is used as is.
-    Raises FileNotFoundError naming every location tried.
+    holding one. The pointer's path is tried, in order: as written when
+    absolute, or relative to the pointer's folder; then the file of the same
+    name BESIDE the pointer (upstream's checkpointer writes the full save path,
+    e.g. ``/home/<author>/.../checkpoints/tempclr_freihand``, which does not
+    exist on another machine, and a relative path only resolves from the
+    author's working directory); then, for a relative path, the current
+    directory (the original code's resolution). The result does not depend on
+    the working directory when the released folder is intact. Falling back is
+    reported in the note. Raises FileNotFoundError naming every location tried.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -220,22 +231,28 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[str, Optional[str]]:
                                     "checkpoint file itself or TempCLR's checkpoints folder")
     elif os.path.isfile(path):
         if os.path.basename(path) != POINTER_NAME:
-            return os.path.abspath(path), None
+            return os.path.abspath(path), None, None
         pointer = path
     else:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     pointer = os.path.abspath(pointer)
     target = _read_pointer(pointer)
     folder = os.path.dirname(pointer)
-    candidates = [target] if os.path.isabs(target) else [os.path.join(folder, target), os.path.abspath(target)]
-    for candidate in candidates:
+    written = target if os.path.isabs(target) else os.path.join(folder, target)
+    beside = os.path.join(folder, os.path.basename(target.replace("\\", "/")))
+    candidates = [(written, None),
+                  (beside, f"{pointer} points to {target!r}, which is not a file here; using the file of that name "
+                           f"beside the pointer, {beside}")]
+    if not os.path.isabs(target):
+        cwd = os.path.abspath(target)
+        candidates.append((cwd, f"{pointer} points to the relative path {target!r}; resolved against the current "
+                                f"directory: {cwd}"))
+    for candidate, note in candidates:
         if os.path.isfile(candidate):
-            return os.path.abspath(candidate), pointer
-    hint = ""
-    local = os.path.join(folder, os.path.basename(target))
-    if os.path.isfile(local):
-        hint = f"; a file of that name is next to it: pass --checkpoint {local}"
-    raise FileNotFoundError(f"{pointer} points to {target!r}, which is not a file (tried {candidates}){hint}")
+            return os.path.abspath(candidate), pointer, (None if candidate == written else note)
+    tried = list(dict.fromkeys(c for c, _ in candidates))
+    raise FileNotFoundError(f"{pointer} points to {target!r}, which is not a file (tried {tried}); pass the "
+                            f"checkpoint file itself with --checkpoint")
 
 
 # ----------------------------------------------------------------------------
@@ -263,11 +280,13 @@ class ConversionReport:
     mapping: MappingReport
     meta: dict = field(default_factory=dict)
     out_dir: Optional[str] = None
+    notes: list = field(default_factory=list)
 
     def summary(self, per_tensor: bool = True) -> str:
         """Readable report; ``per_tensor`` lists every tensor (assigned or ignored, with the reason)."""
         via = f" (via {self.pointer})" if self.pointer else ""
-        lines = [f"{self.system}: {self.checkpoint}{via}", "  " + self.load.summary().replace("\n", "\n  ")]
+        lines = [f"{self.system}: {self.checkpoint}{via}"] + [f"  note: {n}" for n in self.notes]
+        lines.append("  " + self.load.summary().replace("\n", "\n  "))
         if self.extract.nested_path or self.extract.stripped_prefixes:
             lines.append(f"  state dict under {'/'.join(self.extract.nested_path) or 'the root'}"
                          + (f", prefixes stripped: {list(self.extract.stripped_prefixes)}"
@@ -373,7 +392,7 @@ def convert_tempclr(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -
     """Convert a released TempCLR checkpoint into a handjax model-only checkpoint at ``out_dir``.
 
     checkpoint: the checkpoint file, its ``latest_checkpoint`` or the folder
-    holding that (see :func:`resolve_checkpoint`). Reads it without torch
+    holding that (see :func:`locate_checkpoint`). Reads it without torch
     (non-tensor objects stay inert), takes the ``model`` state dict, detects
     the depth, fills a ``TempCLRModel(depth, hidden=(1024, 1024), 3 stages)``
     strictly and writes it with ``handjax.models.checkpoint.save_model``, with
@@ -383,7 +402,7 @@ def convert_tempclr(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -
     ``finetune.init_from`` with ``model.hidden=(1024, 1024)``, ``model.depth``).
     Returns the :class:`ConversionReport`.
     """
-    path, pointer = resolve_checkpoint(checkpoint)
+    path, pointer, note = locate_checkpoint(checkpoint)
     out = _prepare_out_dir(out_dir, path)
     obj, state_dict, load_report, extract_report = _load_state_dict(path, nested_keys=("model", "state_dict"))
     model, depth, mapping = tempclr_model_from_state_dict(state_dict, source_name=path)
@@ -392,7 +411,8 @@ def convert_tempclr(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -
             "hidden": list(TEMPCLR_HIDDEN), "num_stages": TEMPCLR_NUM_STAGES, "projection": None,
             "iteration": iteration if isinstance(iteration, int) else None,
             "converter": "handjax.convert.tempclr.convert_tempclr"}
-    report = ConversionReport("tempclr", path, pointer, depth, load_report, extract_report, mapping, meta)
+    report = ConversionReport("tempclr", path, pointer, depth, load_report, extract_report, mapping, meta,
+                              notes=[note] if note else [])
     _write(model, out, meta, report)
     return report
 
