@@ -324,3 +324,34 @@ def test_ho3d_holdout_seeded_random_80_percent_of_frames():
     assert np.array_equal(train, again) and not np.array_equal(train, other)
     with pytest.raises(ValueError, match="dataset 'hanco' has no train / val holdout rule"):
         holdout_records(DATASETS["hanco"], Source(), 0.8, 0, "hanco")
+
+
+def test_finetune_on_video_windows_adds_the_temporal_terms():
+    from handjax import mano
+    from handjax.models.tempclr import default_mean_param
+
+    b, f, s = 2, 2, 8
+    params = np.tile(np.asarray(default_mean_param(8.0)), (b * f, 1))
+    params[:, 96:106] = np.arange(b * f)[:, None] * 0.1  # betas of frame (i, j): 0.1 * (i * f + j) everywhere
+
+    class Fixed(nnx.Module):
+        def __call__(self, images):
+            assert images.shape == (b * f, s, s, 3)  # the window's frames, flattened
+            return [jnp.asarray(params, jnp.float32)]
+
+    batch = {"image": jnp.zeros((b, f, s, s, 3)), "betas": jnp.zeros((b, f, 10)), "mano_pose": jnp.zeros((b, f, 48)),
+             "in_window": jnp.ones((b, f), bool)}
+    weights = {"expose_betas": 1.0, "temporal_shape": 2.0, "temporal_pose": 0.0}
+    total, used = T.finetune_loss(Fixed(), batch, None, mano_model=mano.load_model(None, "right"),
+                                  remap=tuple(range(21)), weights=weights, image_size=s)
+    betas = np.arange(b * f) * 0.1
+    assert float(used["expose_betas"]) == pytest.approx(np.mean(10 * betas ** 2), rel=1e-5)
+    assert float(used["temporal_shape"]) == pytest.approx(10 * 0.1 ** 2, rel=1e-5)  # consecutive frames: 0.1 apart
+    assert "temporal_pose" not in used and float(total) == pytest.approx(
+        float(used["expose_betas"]) + 2.0 * float(used["temporal_shape"]), rel=1e-6)
+    cfg = tempclr_config.get_config("recipe=ho3d")
+    ctx = StageContext(cfg=cfg, name="finetune", stage_cfg=cfg.finetune, seed=0, mesh=None, workdir="", stage_dir="",
+                       data=None)
+    assert T._finetune_data(ctx) == {"mode": "frame"}
+    cfg.finetune.loss_weights.temporal_pose = 0.5
+    assert T._finetune_data(ctx) == {"mode": "window", "k": 2, "window": 1}
