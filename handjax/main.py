@@ -158,6 +158,8 @@ def run_main(argv):
         _write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
         print(f"config written to {os.path.join(workdir, 'config.json')}", flush=True)
     distributed.check_preemption("start-up")
+    if system.check is not None:  # the system's config checks (e.g. TempCLR's MANO guard) before any data is built
+        system.check(cfg)
     data = make_data_factory(cfg.data, seed=cfg.seed)  # may build the data set (abandoned on SIGTERM)
     distributed.check_preemption("start-up (after preparing the data)")
     results = runner.run(system, cfg, workdir, data)  # Preempted: exit 75 in main()

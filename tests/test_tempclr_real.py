@@ -355,3 +355,18 @@ def test_finetune_on_video_windows_adds_the_temporal_terms():
     assert T._finetune_data(ctx) == {"mode": "frame"}
     cfg.finetune.loss_weights.temporal_pose = 0.5
     assert T._finetune_data(ctx) == {"mode": "window", "k": 2, "window": 1}
+
+
+def test_main_stops_before_building_data_when_the_guard_fires(tmp_path):
+    """The README's convert -> evaluate command without mano.model_path: one line naming the key, no data built."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "handjax.main", "--config", "configs/eval_freihand.py:size=tiny",
+                        "--workdir", str(tmp_path / "work"), f"--config.eval.checkpoint={released(tmp_path)}",
+                        f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.manual_dir={tmp_path / 'raw'}"],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "converted TempCLR release" in r.stderr and "mano.model_path" in r.stderr, r.stderr
+    assert not (tmp_path / "data").exists()  # stopped before the dataset build
