@@ -83,7 +83,7 @@ def list_images(inputs: Sequence[str]) -> List[str]:
                 raise ValueError(f"--images {item}: the folder holds no {'/'.join(IMAGE_EXTENSIONS)} files")
         elif os.path.isfile(item):
             found = [item]
-        elif glob.has_magic(item):
+        elif any(c in item for c in "*?["):
             found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
             if not found:
                 raise ValueError(f"--images {item}: the pattern matches no files")
@@ -91,10 +91,11 @@ def list_images(inputs: Sequence[str]) -> List[str]:
             raise ValueError(f"--images {item}: no such file or folder")
         out.extend(found)
     seen: Dict[str, str] = {}
-    unique = []
+    unique, absolute = [], set()
     for path in out:
-        if os.path.abspath(path) in (os.path.abspath(p) for p in unique):
+        if os.path.abspath(path) in absolute:
             continue
+        absolute.add(os.path.abspath(path))
         name = output_name(path)
         if name in seen:
             raise ValueError(f"--images: {seen[name]} and {path} would write the same outputs ({name}.*); "
@@ -488,8 +489,9 @@ def render_overlay(image: np.ndarray, hands: Sequence[HandResult], zoom: int = 1
                    max_render_side: int = MAX_RENDER_SIDE) -> np.ndarray:
     """The meshes rendered (``handjax.render``, Lambertian, two-sided) over the image, then each
     hand's 2-D skeleton (its joints remapped from their convention to OpenPose order, as
-    ``draw_skeleton`` expects; a convention unknown to ``handjax.mano`` draws no skeleton). ``zoom`` > 1 enlarges small images (nearest neighbour) and renders at
-    that resolution. Hands are painted far to near. Returns uint8 (zoom H, zoom W, 3).
+    ``draw_skeleton`` expects; a convention unknown to ``handjax.mano`` draws no skeleton).
+    ``zoom`` > 1 enlarges small images (nearest neighbour) and renders at that resolution.
+    Hands are painted far to near. Returns uint8 (zoom H, zoom W, 3).
 
     Each mesh is rendered only over its projected bounding box (sizes rounded up to 32 pixels
     so that few shapes compile), at reduced resolution when that box exceeds ``max_render_side``.
@@ -605,7 +607,8 @@ class _Job:
     path: str
     name: str
     image: np.ndarray
-    hands: List[Tuple[HandBox, np.ndarray, float, np.ndarray, bool, str]]  # box, centre, side, affine, mirrored, model side
+    # per hand: (box, crop centre, crop side, crop affine, mirrored, the model's side)
+    hands: List[Tuple[HandBox, np.ndarray, float, np.ndarray, bool, str]]
     outputs: List[Optional[Dict[str, Dict[str, Any]]]]
 
 
@@ -642,7 +645,9 @@ def run(predictor, image_paths: Sequence[str], out_dir: str, *, boxes: Optional[
         raise ValueError(f"--overlay_zoom must be >= 1, got {overlay_zoom}")
     os.makedirs(out_dir, exist_ok=True)
     meta = dict(meta or {})
-    if boxes is not None:
+    if boxes is not None and predictor.finds_boxes:
+        log("note: this system finds the hands itself; the boxes file is not used")
+    elif boxes is not None:
         unused = unused_box_keys(boxes, image_paths)
         if unused:
             log(f"note: the boxes file names images that are not among the inputs (ignored): {', '.join(unused)}")
@@ -672,7 +677,7 @@ def run(predictor, image_paths: Sequence[str], out_dir: str, *, boxes: Optional[
             hands = WHOLE_IMAGE if predictor.finds_boxes else boxes_for(path, boxes)
             crops = []
             for hand, mirrored, model_side in _plan_hands(predictor, hands):
-                centre, side = crop_window(hand.box, image.shape[:2], 1.0 if hand.box is None else bbox_pad)
+                centre, side = crop_window(hand.box, image.shape[:2], bbox_pad)
                 _check_box_in_image(hand, image.shape[:2], path)
                 crops.append((hand, centre, side, crop_affine(centre, side, size, mirrored), mirrored, model_side))
         except ImageError as e:
@@ -720,7 +725,8 @@ def _write_job(job: _Job, predictor, out_dir: str, focal_length: float, zoom: in
     results: List[HandResult] = []
     for (hand, centre, side, affine, mirrored, model_side), out in zip(job.hands, job.outputs):
         if predictor.finds_boxes:
-            for s, fields in out.items():
+            for s in [s for s in SIDES if s in out] + sorted(set(out) - set(SIDES)):
+                fields = out[s]
                 results.append(hand_result(fields, HandBox(s, None), centre, side, affine, False,
                                            predictor.faces.get(s), focal, principal))
             continue

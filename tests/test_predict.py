@@ -390,3 +390,85 @@ def test_obj_writer_roundtrip(tmp_path):
     v2, f2 = parse_obj(tmp_path / "m.obj")
     np.testing.assert_allclose(v2, v, atol=1e-6)
     np.testing.assert_array_equal(f2, f)
+
+
+def test_system_that_finds_hands_gets_the_whole_image_and_both_sides(tmp_path):
+    """A two-hand predictor (``finds_boxes=True``, sides right and left): one whole-image crop per image,
+    every returned hand exported with its own faces, nothing mirrored; boxes are ignored."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from handjax.geometry import weak_perspective_matrix
+    from handjax.models.hand_output import make_hand_output
+    from handjax.train.system import Predictor
+
+    right = mano.load_model(None, "right")
+    left = mano.mirror_model(right)
+
+    class Fake(nnx.Module):
+        def __init__(self):
+            self.shift = nnx.Param(jnp.array([0.3, -0.2]))
+
+        def __call__(self, images):
+            return images.mean(axis=(1, 2, 3))
+
+    def hand(model, images, hand_model, x):
+        b = images.shape[0]
+        rot = jnp.tile(jnp.eye(3), (b, 16, 1, 1))
+        out = mano.mano_forward(hand_model, rot, jnp.zeros((b, 10)), convention="tempclr")
+        cam = weak_perspective_matrix(jnp.full((b,), 8.0), jnp.tile(model.shift[...] * x, (b, 1)), S)
+        return make_hand_output(out.joints, cam, rot, jnp.zeros((b, 10)), out.vertices,
+                                jnp.full((b,), hand_model.side == "right"), convention="tempclr")
+
+    def predict(model, images):
+        model(images)
+        return {"right": hand(model, images, right, 1.0), "left": hand(model, images, left, -1.0)}
+
+    predictor = Predictor(model=Fake(), image_size=S, predict=predict,
+                          faces={"right": np.asarray(right.faces), "left": np.asarray(left.faces)},
+                          sides=("right", "left"), finds_boxes=True, meta={"joint_convention": "tempclr"})
+    img = np.random.default_rng(0).integers(0, 255, (48, 80, 3), np.uint8)
+    Image.fromarray(img).save(tmp_path / "pair.png")
+    summary = inference.run(predictor, [str(tmp_path / "pair.png")], str(tmp_path / "out"), batch_size=2,
+                            boxes={"pair.png": [{"box": [0, 0, 5, 5], "side": "left"}]}, progress=False)
+    assert (summary.images, summary.hands, summary.failed) == (1, 2, {})
+    record = json.loads((tmp_path / "out" / "pair.json").read_text())
+    assert [h["side"] for h in record["hands"]] == ["right", "left"]
+    for h, model in zip(record["hands"], (right, left)):
+        assert h["box"] is None and not h["crop"]["mirrored"] and h["crop"]["side"] == 80
+        v, f = parse_obj(tmp_path / "out" / h["mesh"])
+        np.testing.assert_array_equal(f, np.asarray(model.faces))
+        # rest pose (identity rotations, mean shape), the crop camera x_c = S/2 (s (X[:2] + t) + 1) with s = 8
+        # through the whole-image crop (centre (39.5, 23.5), 80 px -> S px): original pixels of a point at the
+        # origin's depth are a (X[:2] + t) + centre + 0.5 * 80 / S with a = s S / 2 * 80 / S
+        a = 8.0 * S / 2 * 80 / S
+        t_img = np.array([0.3, -0.2]) * (1.0 if model.side == "right" else -1.0)
+        rest = np.asarray(mano.mano_forward(model, np.tile(np.eye(3), (16, 1, 1)), None, convention="tempclr").vertices)
+        expected = (rest[:, :2] + t_img) * a + np.array([39.5, 23.5]) + 0.5 * 80 / S
+        t = np.array(h["camera"]["translation"])
+        np.testing.assert_allclose(v, rest + t, atol=2e-5)
+        np.testing.assert_allclose(t[2], 80 / a, rtol=1e-5)  # focal max(H, W) = 80 over pixels per metre
+        flat = np.c_[v[:, :2], np.full(len(v), t[2])]
+        np.testing.assert_allclose(np_project(flat, h["camera"]["K"]), expected, atol=1e-3)
+
+
+def test_overlay_rendered_at_reduced_size_matches_full_size():
+    """A mesh larger than max_render_side is rendered smaller and upsampled: same silhouette (IoU > 0.85)."""
+    right = mano.load_model(None, "right")
+    rest = mano.mano_forward(right, np.tile(np.eye(3), (16, 1, 1)), None, convention="tempclr")
+    v = np.asarray(rest.vertices, np.float64)
+    shift = np.array([0.0, 0.0, 0.5]) - v.mean(0)
+    K = np.array([[400.0, 0, 99.5], [0, 400.0, 79.5], [0, 0, 1]])
+    joints = np.asarray(rest.joints, np.float64) + shift
+    z = np.zeros(3)
+    hand = inference.HandResult(
+        side="right", box=None, crop_centre=z[:2], crop_side=1.0, crop_affine=np.eye(3), mirrored=False,
+        model_camera=np.zeros((3, 4)), image_camera=np.zeros((3, 4)), K=K, transl=shift, vertices=v + shift,
+        faces=np.asarray(right.faces), joints3d=joints, joints2d=inference.project(joints, K), pose=np.zeros(48),
+        betas=np.zeros(10), convention="not_a_convention")  # no skeleton: compare the meshes only
+    black = np.zeros((160, 200, 3), np.uint8)
+    full = np.any(inference.render_overlay(black, [hand]) > 0, -1)
+    small = np.any(inference.render_overlay(black, [hand], max_render_side=48) > 0, -1)
+    uv = inference.project(v + shift, K)
+    assert np.ptp(uv[:, 0]) > 100 and full.sum() > 3000  # the hand spans well over 48 pixels
+    assert (full & small).sum() / (full | small).sum() > 0.85
