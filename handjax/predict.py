@@ -17,8 +17,9 @@ sheet) and ``summary.json``. The last line printed is ``N images, M hands, K fai
 
 Exit codes: 0 every image predicted; 2 some images failed (unreadable or truncated files, boxes
 outside the image; each named in the summary line, in ``summary.json`` and ``index.html``; the
-other images' outputs are written); 1 an error before any prediction (bad flag, config,
-boxes file or checkpoint: one line naming it; ``--verbose`` shows the traceback).
+other images' outputs are written); 1 an error that stops the command, normally before any
+prediction (bad flag, config, boxes file or checkpoint: one line naming it; ``--verbose`` shows
+the traceback).
 """
 from __future__ import annotations
 
