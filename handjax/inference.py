@@ -58,7 +58,7 @@ SIDES = ("right", "left")
 DEFAULT_BBOX_PAD = 1.5  # crop side / longer box side: the built-in datasets' crop around their hand boxes
 MAX_RENDER_SIDE = 1024  # overlay meshes larger than this (pixels) are rendered at reduced size and upsampled
 _MIRROR3 = np.diag([-1.0, 1.0, 1.0])
-HAND_COLORS = {"right": (0.55, 0.65, 0.9), "left": (0.95, 0.7, 0.45)}
+HAND_COLORS = {"right": (0.55, 0.65, 0.9), "left": (0.55, 0.9, 0.5)}
 
 
 class ImageError(Exception):
