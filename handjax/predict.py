@@ -70,6 +70,24 @@ def parse_flags(argv):
         _fail(f"{culprit}: unknown config key {key!r}" if culprit else f"--config: {type(e).__name__}: {e}")
 
 
+def check_mano(cfg, checkpoint: str) -> None:
+    """A converted upstream release (model-only checkpoint whose metadata names its ``converter``) was
+    trained with the real MANO: predicting with the built-in hand (``mano.model_path`` empty) is an
+    error unless ``mano.allow_builtin``, as in training and evaluation."""
+    from handjax.models.checkpoint import is_model_checkpoint, read_meta
+
+    mano_cfg = cfg.get("mano") or {}
+    if mano_cfg.get("model_path") or mano_cfg.get("allow_builtin", False) or not is_model_checkpoint(checkpoint):
+        return
+    converter = read_meta(checkpoint).get("converter")
+    if converter:
+        raise ValueError(f"--checkpoint {checkpoint} was converted from a released model ({converter}) trained with "
+                         f"the real MANO, but config key mano.model_path is empty (the built-in hand would give "
+                         f"wrong meshes): pass --config.mano.model_path=<folder of MANO_RIGHT.pkl> (from "
+                         f"https://mano.is.tue.mpg.de), or --config.mano.allow_builtin=true to use the built-in "
+                         f"hand anyway")
+
+
 def load_predictor(cfg, checkpoint: str):
     """The config's system predictor with ``checkpoint`` loaded; returns (predictor, step).
 
@@ -80,6 +98,7 @@ def load_predictor(cfg, checkpoint: str):
     from handjax.train.system import get_system
 
     system = get_system(cfg.system)
+    check_mano(cfg, checkpoint)
     if system.predictor is None:
         raise ValueError(f"config key 'system': {cfg.system!r} registers no predictor")
     predictor = system.predictor(cfg)

@@ -472,3 +472,22 @@ def test_overlay_rendered_at_reduced_size_matches_full_size():
     uv = inference.project(v + shift, K)
     assert np.ptp(uv[:, 0]) > 100 and full.sum() > 3000  # the hand spans well over 48 pixels
     assert (full & small).sum() / (full | small).sum() > 0.85
+
+
+def test_converted_release_without_real_mano_is_an_error(trained, tmp_path):
+    """A model-only checkpoint converted from an upstream release needs mano.model_path (or allow_builtin)."""
+    import shutil
+
+    from handjax.models.checkpoint import MODEL_META
+    from handjax.predict import load_predictor
+
+    cfg, _, converted = trained
+    release = tmp_path / "release"
+    shutil.copytree(converted, release)
+    (release / MODEL_META).write_text(json.dumps({"system": "tempclr",
+                                                  "converter": "handjax.convert.tempclr.convert_tempclr"}))
+    with pytest.raises(ValueError, match=r"--checkpoint .*release.*converted.*mano\.model_path is empty"):
+        load_predictor(cfg, str(release))
+    allowed = get_config("size=tiny")
+    allowed.mano.allow_builtin = True
+    assert load_predictor(allowed, str(release))[1] == -1
