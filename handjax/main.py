@@ -31,6 +31,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from handjax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with optional ':arg=val,...').",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, TensorBoard logs and "
@@ -76,28 +78,12 @@ def _verbose(argv=None) -> bool:
 
 
 def _fail(message: str) -> None:
-    print(f"handjax: error: {message}\n{TRACEBACK_HINT}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    cli.fail("handjax", message, TRACEBACK_HINT)
 
 
 def parse_flags(argv):
-    """absl's flag parsing, with a config override that names no existing key reported in one line
-    naming the flag (ml_collections raises a bare AttributeError / KeyError with the key only)."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.",
-              file=sys.stderr)
-        sys.exit(1)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        if _verbose(argv):
-            raise
-        key = str(e).strip("\"'")
-        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-        culprit = next((a for a in overrides if a.split(".")[-1] == key or f".{key}." in a + "."), None)
-        if culprit is not None:
-            _fail(f"{culprit}: unknown config key {key!r}")
-        _fail(f"--config: {type(e).__name__}: {e}")
+    """absl's flag parsing; an unknown ``--config.<key>`` is one line naming the flag (``handjax.cli``)."""
+    return cli.parse_flags(argv, "handjax", _verbose(argv), TRACEBACK_HINT)
 
 
 def main(argv):

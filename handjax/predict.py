@@ -29,6 +29,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from handjax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (with optional ':arg=val,...').",
                                           lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Training stage folder (RUN/finetune) or model-only "
@@ -49,25 +51,12 @@ EXIT_PARTIAL = 2  # some images failed; the others' outputs are written
 
 
 def _fail(message: str) -> None:
-    print(f"handjax.predict: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    cli.fail("handjax.predict", message)
 
 
 def parse_flags(argv):
-    """absl's flag parsing; a config override naming no existing key is one line naming the flag."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.",
-              file=sys.stderr)
-        sys.exit(1)
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        if any(a in ("--verbose", "--verbose=true") for a in argv):
-            raise
-        key = str(e).strip("\"'")
-        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-        culprit = next((a for a in overrides if a.split(".")[-1] == key or f".{key}." in a + "."), None)
-        _fail(f"{culprit}: unknown config key {key!r}" if culprit else f"--config: {type(e).__name__}: {e}")
+    """absl's flag parsing; an unknown ``--config.<key>`` is one line naming the flag (``handjax.cli``)."""
+    return cli.parse_flags(argv, "handjax.predict", any(a in ("--verbose", "--verbose=true") for a in argv))
 
 
 def check_mano(cfg, checkpoint: str) -> None:
