@@ -183,3 +183,39 @@ def test_unknown_system_and_backbone_name_the_key():
     cfg.model.backbone = "resnet19"
     with pytest.raises(ValueError, match=r"config key model\.backbone: unknown backbone 'resnet19'; known: .*resnet18"):
         build_model(cfg, with_projection=False)
+
+
+def test_preempted_evaluation_reruns_to_full_results(tmp_path):
+    """A SIGTERM during the eval stage abandons it (Preempted, as main turns into exit 75); the rerun resumes the
+    finished training stages at their last step (same metrics) and evaluates again, giving the full results."""
+    import signal
+
+    from handjax import distributed
+
+    first = runner.run(TOY, _cfg(stages="warmup,main"), str(tmp_path), _factory([]))
+    calls = []
+    base = _factory(calls)
+
+    def interrupted(split, mode, batch_size, train, seed=0, **kw):
+        it = base(split, mode, batch_size, train, seed, **kw)
+        if train:
+            return it
+
+        def gen():
+            for i, b in enumerate(it):
+                if i == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)  # the notice arrives during the evaluation pass
+                yield b
+        return gen()
+
+    assert distributed.install_preemption_handler()
+    try:
+        with pytest.raises(distributed.Preempted, match="during evaluation"):
+            runner.run(TOY, _cfg(stages="warmup,main,eval"), str(tmp_path), interrupted)
+    finally:
+        distributed.uninstall_preemption_handler()
+    assert not (tmp_path / "eval_metrics.json").exists()
+    again = runner.run(TOY, _cfg(stages="warmup,main,eval"), str(tmp_path), _factory([]))
+    assert again["warmup"] == first["warmup"] and again["main"] == first["main"]  # resumed at the last step
+    assert set(again["eval"]) == {"zeros", "mean hand"} and again["eval"]["mean hand"]["num_joints"] == 12
+    assert (tmp_path / "eval_metrics.json").exists()
