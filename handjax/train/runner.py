@@ -9,9 +9,9 @@
    stage builds its task, initialises from ``cfg.<stage>.init_from`` or from the final
    checkpoint of its declared predecessor when that ran in this job, and trains (resuming
    from its own checkpoints) on the job's data or, with ``<stage>.data`` set, on
-   ``cfg.data`` updated by those keys (:func:`stage_data_config`); an evaluation stage evaluates the trained (or restored) model
-   and the system's trivial baselines, prints the table, writes ``eval_metrics.json`` (and
-   the system's extra files, e.g. pred.json);
+   ``cfg.data`` updated by those keys (:func:`stage_data_config`); an evaluation stage
+   evaluates the trained (or restored) model and the system's trivial baselines, prints the
+   table, writes ``eval_metrics.json`` (and the system's extra files, e.g. pred.json);
 3. returns ``{stage: metrics}`` (``handjax.main`` writes it to ``results.json``).
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def parse_stages(system: System, spec: str) -> tuple:
 
 
 def _stage_seed(system: System, cfg, name: str) -> int:
-    """Stage i of the declaration (not of the job) gets seed ``cfg.seed + i``: the same with or without earlier stages."""
+    """Stage i of the declaration (not of the job) gets seed ``cfg.seed + i``, with or without earlier stages."""
     return int(cfg.seed) + system.stage_names.index(name)
 
 
