@@ -33,6 +33,15 @@ Label kinds (``labels``; the batch carries ``has_<kind>`` flags where a kind may
 joints2d, joints3d, vertices, mano (mano_pose + betas), transl, mask, part_seg, bbox, object,
 subject_id.
 
+Two-hand datasets' other keys follow flips and crops too (a key that could not be kept
+consistent would be dropped by its adapter, with the reason in its docstring): InterHand2.6M's
+world-frame fits ``mano_pose_world`` / ``mano_transl_world`` / ``mano_root_j0`` (2, ...) and
+extrinsics ``cam_R`` / ``cam_t`` (flips mirror the world with the camera; crops turn the
+extrinsics into the crop camera's), RootNet's ``rootnet_depth`` (2,) and ``rootnet_bbox``
+(moved like ``bbox``); COCO-WholeBody's per-hand NeuralAnnot cameras as ``hand_K`` (2, 3, 3)
+crop intrinsics (its ``transl`` stays flagged absent: see :class:`CocoWholeBodyAdapter`). The
+rules: :func:`data_pipelines.transforms.mirror_two_hand_frame` / ``transform_two_hand_frame``.
+
 Config keys of ``data`` (besides name):
 
 * ``builder_config``, ``data_dir`` (tfds data dir; ``$TFDS_DATA_DIR``), ``manual_dir`` (raw
@@ -107,7 +116,11 @@ LABEL_KINDS = ("joints2d", "joints3d", "vertices", "mano", "transl", "mask", "pa
 # the has_* flag each batch key is covered by (zero-filled keys in mixtures, annotation fraction)
 LABEL_FLAGS = {"joints2d": "has_joints2d", "joints3d": "has_joints3d", "vertices": "has_vertices",
                "mano_pose": "has_mano", "betas": "has_mano", "transl": "has_transl", "mask": "has_mask",
-               "part_seg": "has_part_seg", "bbox": "has_bbox"}
+               "part_seg": "has_part_seg", "bbox": "has_bbox",
+               # two-hand extra keys (InterHand2.6M, COCO-WholeBody): one flag per group
+               "mano_pose_world": "has_mano_world", "mano_transl_world": "has_mano_world",
+               "mano_root_j0": "has_mano_world", "rootnet_depth": "has_rootnet", "rootnet_bbox": "has_rootnet",
+               "cam_R": "has_extrinsics", "cam_t": "has_extrinsics", "hand_K": "has_hand_K"}
 # flags cleared on frames that lose their labels (annotation fraction)
 FRACTION_FLAGS = ("has_joints2d", "has_joints3d", "has_vertices", "has_mano", "has_betas", "has_transl", "has_mask",
                   "has_part_seg")
@@ -314,15 +327,28 @@ class InterHandAdapter(RecordAdapter):
     ``interacting`` = code 2, ``rel_root`` = left wrist - right wrist; the annotation box (x, y,
     w, h) -> ``bbox`` (x1, y1, x2, y2) with ``has_bbox``; ``frame_idx`` -> ``frame_index``;
     ``subject`` -> ``subject_id``. No vertices are stored (``has_vertices`` False).
+
+    World frame (per-hand arrays, right first, like every two-hand label, so flips swap them):
+    ``mano/<hand>/pose_world`` -> ``mano_pose_world`` (2, 48), absolute like ``mano_pose``
+    (``has_mano_world`` = the hands means are known), ``transl_world`` -> ``mano_transl_world``
+    (2, 3) metres, ``root_j0`` -> ``mano_root_j0`` (2, 3); ``cam_R`` / ``cam_t`` as stored
+    (X_cam = cam_R X_w + cam_t, X_w in metres; the stored map of millimetres divides by 1000).
+    RootNet: ``rootnet/abs_depth`` -> ``rootnet_depth`` (2,) metres, ``rootnet/bbox`` (x, y, w,
+    h) -> ``rootnet_bbox`` (x1, y1, x2, y2; zeros without an entry), ``rootnet/valid`` ->
+    ``has_rootnet``. How flips and crops move them: :func:`~data_pipelines.transforms.mirror_two_hand_frame`,
+    :func:`~data_pipelines.transforms.transform_two_hand_frame` (the world is mirrored with the
+    camera; the extrinsics become the crop camera's).
     """
 
     hands_mean: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
 
     def kinds(self, kinds):
-        kinds = {k: v for k, v in kinds.items() if not k.startswith("mano/") and k != "frame_idx"}
+        kinds = {k: v for k, v in kinds.items() if not k.startswith(("mano/", "rootnet/")) and k != "frame_idx"}
         kinds.update({k: "tensor" for k in ("mano_pose", "betas", "transl", "mano_valid", "has_mano", "has_transl",
                                             "hand_valid", "hand_box", "interacting", "rel_root", "has_bbox",
-                                            "frame_index", "subject_id", "vertices", "has_vertices")})
+                                            "frame_index", "subject_id", "vertices", "has_vertices",
+                                            "mano_pose_world", "mano_transl_world", "mano_root_j0", "has_mano_world",
+                                            "rootnet_depth", "rootnet_bbox", "has_rootnet")})
         return kinds
 
     def adapt(self, raw):
@@ -331,19 +357,31 @@ class InterHandAdapter(RecordAdapter):
         raw = dict(raw)
         have_mean = all(self.hands_mean.get(h) is not None for h in layout.HANDS)
         poses, betas, transl, valid = [], [], [], []
+        world = {"pose_world": [], "transl_world": [], "root_j0": []}
         for hand in layout.HANDS:
             pose = np.asarray(raw.pop(f"mano/{hand}/pose"), np.float32).copy()
+            pose_world = np.asarray(raw.pop(f"mano/{hand}/pose_world"), np.float32).copy()
             if have_mean:
                 pose[3:] += self.hands_mean[hand]
+                pose_world[3:] += self.hands_mean[hand]
             poses.append(pose)
+            world["pose_world"].append(pose_world)
             betas.append(np.asarray(raw.pop(f"mano/{hand}/betas"), np.float32))
             transl.append(np.asarray(raw.pop(f"mano/{hand}/transl"), np.float32))
             valid.append(bool(raw.pop(f"mano/{hand}/valid")))
-            for extra in ("pose_world", "transl_world", "root_j0"):
-                raw[f"mano_{extra}/{hand}"] = raw.pop(f"mano/{hand}/{extra}")
+            for extra in ("transl_world", "root_j0"):
+                world[extra].append(np.asarray(raw.pop(f"mano/{hand}/{extra}"), np.float32))
         raw["mano_pose"], raw["betas"], raw["transl"] = np.stack(poses), np.stack(betas), np.stack(transl)
         raw["mano_valid"] = np.array(valid)
         raw["has_mano"] = raw["has_transl"] = np.bool_(have_mean)
+        for extra, values in world.items():
+            raw[f"mano_{extra}"] = np.stack(values)
+        raw["has_mano_world"] = np.bool_(have_mean)
+        rootnet_valid = bool(raw.pop("rootnet/valid"))
+        raw["rootnet_depth"] = np.asarray(raw.pop("rootnet/abs_depth"), np.float32)
+        rx, ry, rw, rh = (float(v) for v in np.asarray(raw.pop("rootnet/bbox"), np.float32))
+        raw["rootnet_bbox"] = np.array([rx, ry, rx + rw, ry + rh] if rootnet_valid else [0.0] * 4, np.float32)
+        raw["has_rootnet"] = np.bool_(rootnet_valid)
         joint_valid = np.asarray(raw["joint_valid"], bool).reshape(2, 21)
         joints2d = np.asarray(raw["joints2d"], np.float32).reshape(2, 21, 2)
         raw["hand_valid"] = joint_valid.any(axis=1)
@@ -402,9 +440,16 @@ class CocoWholeBodyAdapter(RecordAdapter):
     NeuralAnnot MANO ``mano/{right,left}/{pose,betas,transl}`` -> ``mano_pose`` (2, 48) made
     absolute with the REAL MANO hands_mean of each side (``hands_mean[side]``, from
     ``data.mano_model``), ``betas`` (2, 10), ``transl`` (2, 3), ``mano_valid`` (2,) = a fit
-    exists; ``has_mano`` = the hands means are known and a hand has a fit; ``has_transl``
-    False (the fits' translations live in each hand's own NeuralAnnot camera, focal / princpt,
-    not in the crop's; those cameras are not carried).
+    exists; ``has_mano`` = the hands means are known and a hand has a fit.
+    Each fit's own NeuralAnnot camera (``focal`` / ``princpt``, original pixels) -> ``hand_K``
+    (2, 3, 3) pinhole (zeros for a hand without a fit) with ``has_hand_K`` = a hand has one:
+    the crop carries it into crop pixels for hand i's camera frame rotated with the crop
+    (``project(hand_K[i], X) = crop pixels``; swapped with the hands on flips, see
+    :func:`~data_pipelines.transforms.transform_two_hand_frame`); ``mano_pose``'s root rotation
+    lives in that (rotated) camera frame. ``has_transl`` stays False: a fit's translation is in
+    its own camera, and moving it with the crop's rotation needs the fit's rest wrist J0(betas)
+    (the MANO pivot), which the 2-D records do not carry (the pipeline would take it from
+    ``joints3d``, zeros here), so ``transl`` is not consistent with the crop.
     """
 
     hands_mean: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
@@ -414,7 +459,8 @@ class CocoWholeBodyAdapter(RecordAdapter):
     def kinds(self, kinds):
         kinds = {k: v for k, v in kinds.items() if not k.startswith("mano/") and k not in self._DROPPED}
         kinds.update({k: "tensor" for k in ("mano_pose", "betas", "transl", "mano_valid", "has_mano", "has_transl",
-                                            "hand_box", "hand_box_annotated", "person_box", "K", "has_K")})
+                                            "hand_box", "hand_box_annotated", "person_box", "K", "has_K", "hand_K",
+                                            "has_hand_K")})
         return kinds
 
     def adapt(self, raw):
@@ -424,7 +470,8 @@ class CocoWholeBodyAdapter(RecordAdapter):
         raw = dict(raw)
         have_mean = all(self.hands_mean.get(h) is not None for h in layout.HANDS)
         poses, betas, transl, valid = [], [], [], []
-        for hand in layout.HANDS:
+        hand_k = np.zeros((2, 3, 3), np.float32)
+        for h, hand in enumerate(layout.HANDS):
             pose = np.asarray(raw.pop(f"mano/{hand}/pose"), np.float32).copy()
             if have_mean:
                 pose[3:] += self.hands_mean[hand]
@@ -432,9 +479,12 @@ class CocoWholeBodyAdapter(RecordAdapter):
             betas.append(np.asarray(raw.pop(f"mano/{hand}/betas"), np.float32))
             transl.append(np.asarray(raw.pop(f"mano/{hand}/transl"), np.float32))
             valid.append(bool(raw.pop(f"mano/{hand}/valid")))
-            raw.pop(f"mano/{hand}/focal"), raw.pop(f"mano/{hand}/princpt")
+            (fx, fy), (cx, cy) = raw.pop(f"mano/{hand}/focal"), raw.pop(f"mano/{hand}/princpt")
+            if valid[-1]:
+                hand_k[h] = [[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]
         raw["mano_pose"], raw["betas"], raw["transl"] = np.stack(poses), np.stack(betas), np.stack(transl)
         raw["mano_valid"] = np.array(valid)
+        raw["hand_K"], raw["has_hand_K"] = hand_k, np.bool_(any(valid))
         raw["has_mano"] = np.bool_(have_mean and any(valid))
         raw["has_transl"] = np.bool_(False)
         raw.pop("joint_conf")

@@ -93,6 +93,21 @@ Frames may carry ``person_box`` (x1, y1, x2, y2: the person crop's window, consu
 instead of being recomputed from the geometry; consumed) and a frame-level ``bbox``
 (x1, y1, x2, y2, moved with the crop). COCO-WholeBody / HIC through the data factory:
 see :mod:`data_pipelines.factory` (``CocoWholeBodyAdapter``, ``HICAdapter``).
+Optional extra keys, each swapped (per hand) and mirrored on flips and moved by the crop
+(:func:`~data_pipelines.transforms.mirror_two_hand_frame` / ``transform_two_hand_frame``):
+
+=================  ====================  ================================================
+mano_pose_world    L + (2, 48) f32       InterHand2.6M world-frame fits (absolute poses);
+mano_transl_world  L + (2, 3) f32        flips mirror the world with the camera (x -> -x),
+mano_root_j0       L + (2, 3) f32        crops leave the world frame as it is
+cam_R, cam_t       L + (3, 3), (3,) f32  world -> CROP camera: joints3d = cam_R X_w + cam_t
+rootnet_depth      L + (2,) f32          RootNet root depths (m), swapped on flips
+rootnet_bbox       L + (4,) f32          RootNet box x1, y1, x2, y2, crop pixels (zeros
+                                         without an entry; ``has_rootnet``)
+hand_K             L + (2, 3, 3) f32     per-hand cameras (COCO NeuralAnnot) in crop
+                                         pixels, for each hand's camera frame rotated
+                                         with the crop; zeros without one (``has_hand_K``)
+=================  ====================  ================================================
 ===============  ====================  =====================================================
 
 The built-in ``hand_object`` dataset adds (cropped with the frame by :func:`transform_extra_labels`):

@@ -445,7 +445,29 @@ def _swap_hands(x: np.ndarray) -> np.ndarray:
 
 
 _PER_HAND_KEYS = ("joints2d", "joints3d", "joint_valid", "vertices", "mano_pose", "betas", "transl", "hand_valid",
-                  "hand_box", "mano_valid")
+                  "hand_box", "mano_valid", "mano_pose_world", "mano_transl_world", "mano_root_j0", "rootnet_depth",
+                  "hand_K")
+# frame-level boxes (x1, y1, x2, y2): mirrored (not swapped) by a flip, moved with the crop; the flag
+# that marks the box valid (an invalid or all-zero box stays zeros)
+_FRAME_BOXES = {"person_box": None, "bbox": "has_bbox", "rootnet_bbox": "has_rootnet"}
+
+
+def _pixel_mirror(width: int) -> np.ndarray:
+    """(3, 3) pixel map of the horizontal mirror of an image ``width`` wide: x -> W - 1 - x."""
+    return np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _has_camera(K: np.ndarray) -> np.ndarray:
+    """(...,) bool: a per-hand intrinsics matrix (..., 3, 3) is present (zeros = absent)."""
+    return np.asarray(K)[..., 2, 2] != 0
+
+
+def _mirror_box(box: np.ndarray, width: int) -> np.ndarray:
+    """A box (x1, y1, x2, y2) mirrored x -> W - 1 - x (corners swapped); all zeros stay zeros."""
+    if not np.any(np.asarray(box) != 0):
+        return np.zeros(4)
+    x1, y1, x2, y2 = np.asarray(box, np.float64).reshape(4)
+    return np.array([width - 1 - x2, y1, width - 1 - x1, y2])
 
 
 def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -457,7 +479,18 @@ def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarr
     per-hand / per-joint label is mirrored and the two hands swapped (joints 0..20 <->
     21..41, vertices, MANO pose mirrored for the other side's model with its translation
     fixed (:func:`transform_mano`), betas, validity, boxes, ``mano_valid``); hand_type 0 <-> 1;
-    rel_root recomputed; frame-level boxes ``person_box`` / ``bbox`` (x1, y1, x2, y2) mirrored.
+    rel_root recomputed (when the frame has one); frame-level boxes ``person_box`` / ``bbox`` /
+    ``rootnet_bbox`` (x1, y1, x2, y2) mirrored.
+
+    Optional extra keys (InterHand2.6M, COCO-WholeBody through :mod:`data_pipelines.factory`):
+    the world is mirrored with the camera (X_w -> M X_w), so world-frame MANO fits stay fits of
+    a hand of the new side: ``mano_pose_world`` (2, 48) mirrored per joint like ``mano_pose``
+    (absolute poses), ``mano_transl_world`` / ``mano_root_j0`` (2, 3) -> M x (the rest wrist
+    J0' = M J0 of a mirror-symmetric MANO pair, the assumption :func:`transform_mano` makes),
+    all swapped; the extrinsics ``cam_R`` (3, 3) / ``cam_t`` (3,) (X_cam = R X_w + t, X_w in the
+    world's units) -> M R M / M t, so that M X_cam = (M R M)(M X_w) + M t (R stays a
+    rotation); ``rootnet_depth`` (2,) (root depths, z is unchanged) swapped; per-hand
+    intrinsics ``hand_K`` (2, 3, 3) (zeros = none) -> F K M with F the pixel mirror, swapped.
     Applying it twice gives the frame back.
     """
     out = dict(frame)
@@ -487,10 +520,24 @@ def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarr
         box = np.asarray(frame["hand_box"], np.float64)
         flipped = np.stack([width - 1 - box[:, 2], box[:, 1], width - 1 - box[:, 0], box[:, 3]], axis=1)
         mirrored["hand_box"] = np.where(np.any(box != 0, axis=1, keepdims=True), flipped, 0.0)
-    for key in ("person_box", "bbox"):  # frame-level boxes (x1, y1, x2, y2): mirrored, not swapped
+    for key in _FRAME_BOXES:  # frame-level boxes (x1, y1, x2, y2): mirrored, not swapped
         if key in frame and np.shape(frame[key]) == (4,):
-            x1, y1, x2, y2 = np.asarray(frame[key], np.float64)
-            out[key] = np.array([width - 1 - x2, y1, width - 1 - x1, y2], np.asarray(frame[key]).dtype)
+            out[key] = _mirror_box(frame[key], width).astype(np.asarray(frame[key]).dtype)
+    # the world is mirrored with the camera: world-frame MANO fits stay fits (of the other side)
+    if "mano_pose_world" in frame:
+        mirrored["mano_pose_world"] = (np.asarray(frame["mano_pose_world"], np.float64).reshape(2, 16, 3)
+                                       * np.array([1.0, -1.0, -1.0])).reshape(2, 48)
+    for key in ("mano_transl_world", "mano_root_j0"):
+        if key in frame:
+            mirrored[key] = np.asarray(frame[key], np.float64) @ _MIRROR
+    if "cam_R" in frame:  # X_cam = R X_w + t  ->  M X_cam = (M R M)(M X_w) + M t
+        out["cam_R"] = (_MIRROR @ np.asarray(frame["cam_R"], np.float64) @ _MIRROR).astype(
+            np.asarray(frame["cam_R"]).dtype)
+        out["cam_t"] = (_MIRROR @ np.asarray(frame["cam_t"], np.float64)).astype(np.asarray(frame["cam_t"]).dtype)
+    if "hand_K" in frame:  # per-hand cameras: project(F K M, M X) = F project(K, X)
+        hand_k = np.asarray(frame["hand_K"], np.float64)
+        flipped_k = _pixel_mirror(width) @ hand_k @ _MIRROR
+        mirrored["hand_K"] = np.where(_has_camera(hand_k)[:, None, None], flipped_k, 0.0)
     for key in _PER_HAND_KEYS:
         if key in frame:
             value = mirrored.get(key, frame[key])
@@ -499,7 +546,8 @@ def mirror_two_hand_frame(frame: Mapping[str, np.ndarray]) -> Dict[str, np.ndarr
         code = int(frame["hand_type"])
         swapped = {HAND_TYPE_RIGHT: HAND_TYPE_LEFT, HAND_TYPE_LEFT: HAND_TYPE_RIGHT}.get(code, code)
         out["hand_type"] = np.asarray(swapped, np.asarray(frame["hand_type"]).dtype)
-    out["rel_root"] = (out["joints3d"][WRISTS[1]] - out["joints3d"][WRISTS[0]]).astype(np.float32)
+    if "rel_root" in frame:  # (the crop sets it on every frame)
+        out["rel_root"] = (out["joints3d"][WRISTS[1]] - out["joints3d"][WRISTS[0]]).astype(np.float32)
     return out
 
 
@@ -585,9 +633,15 @@ def transform_two_hand_frame(frame: Mapping[str, np.ndarray], params: AugmentPar
     = A(joints2d), 3-D points rotated, MANO root / translation updated per hand, K' the
     crop intrinsics, hand boxes recomputed from the projected joints and vertices and
     clipped to the crop (frames with ``hand_box_annotated`` True instead carry annotated
-    ``hand_box`` es, moved with :func:`transform_boxes`; the flag is consumed), a frame-level
-    ``bbox`` (4,) moved likewise, joint_valid &= inside the crop, rel_root recomputed;
-    ``person_box`` is consumed.
+    ``hand_box`` es, moved with :func:`transform_boxes`; the flag is consumed), frame-level
+    ``bbox`` / ``rootnet_bbox`` (4,) moved likewise (zeros where ``has_bbox`` /
+    ``has_rootnet`` is False), joint_valid &= inside the crop, rel_root recomputed;
+    ``person_box`` is consumed. Extra keys: extrinsics ``cam_R`` / ``cam_t`` -> r3 R / r3 t
+    (the crop camera, r3 its rotation about the optical axis; the world frame and the
+    world-frame keys ``mano_*_world`` / ``mano_root_j0`` stay), per-hand intrinsics ``hand_K``
+    (2, 3, 3) -> A K r3^T (crop pixels of points of that hand's camera frame rotated with the
+    crop; a general 3x3 with last row (0, 0, 1): with a rotation and fx != fy it has a
+    [1, 0] term), ``rootnet_depth`` unchanged (depths do not change under r3).
     ``crop_affine`` maps the ORIGINAL frame's pixels to the crop's (the mirror included;
     with a flip, joint i of the output is then A(original joint of the other hand)).
     """
@@ -642,13 +696,21 @@ def transform_two_hand_frame(frame: Mapping[str, np.ndarray], params: AugmentPar
         if bool(frame.get("has_vertices", True)):
             points = np.concatenate([points, project_points(out["vertices"], k_new)], axis=1)
         out["hand_box"] = hand_boxes(points, hand_valid, *out_hw)
-    if "bbox" in frame and np.shape(frame["bbox"]) == (4,):  # a frame-level box (x1, y1, x2, y2)
-        out["bbox"] = transform_boxes(frame["bbox"], affine, [True], *out_hw)[0]
+    for key, flag in _FRAME_BOXES.items():  # frame-level boxes (x1, y1, x2, y2)
+        if key != "person_box" and key in frame and np.shape(frame[key]) == (4,):
+            valid = [bool(frame.get(flag, True))]
+            out[key] = transform_boxes(frame[key], affine, valid, *out_hw)[0]
     out.pop("person_box", None)  # consumed by the crop window
+    if "cam_R" in frame:  # the crop camera is the camera rotated by r3: X_crop = r3 (R X_w + t)
+        out["cam_R"] = (r3 @ np.asarray(frame["cam_R"], np.float64)).astype(np.float32)
+        out["cam_t"] = (r3 @ np.asarray(frame["cam_t"], np.float64)).astype(np.float32)
+    if "hand_K" in frame:  # per-hand cameras: project(A K r3^T, r3 X) = A project(K, X)
+        hand_k = np.asarray(frame["hand_K"], np.float64)
+        out["hand_K"] = np.where(_has_camera(hand_k)[:, None, None], affine @ hand_k @ r3.T, 0.0).astype(np.float32)
     out["joint_valid"] = np.asarray(frame["joint_valid"], bool) & in_image(joints2d, *out_hw)
     out["rel_root"] = (out["joints3d"][WRISTS[1]] - out["joints3d"][WRISTS[0]]).astype(np.float32)
     if flip:  # source pixels -> mirrored pixels (x -> W - 1 - x) -> crop
-        affine = affine @ np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        affine = affine @ _pixel_mirror(w)
     out["crop_affine"] = affine.astype(np.float32)
     out["aug_scale"] = np.float32(params.scale)
     out["aug_rotation"] = np.float32(params.rotation)

@@ -1,8 +1,13 @@
 """data_pipelines.factory: the two-hand datasets of InterWild reachable by name (COCO-WholeBody,
 HIC, on their builders' format-exact fixtures), their labels after the factory against the
 records (crop affine applied to the records' joints and boxes, InterWild's person window),
-the real-MANO rule for NeuralAnnot poses, evaluation that never flips, and the InterWild
-mixture (COCO-WholeBody 2-D + built-in two_hands 3-D, 50/50).
+the real-MANO rule for NeuralAnnot poses, evaluation that never flips, the InterWild
+mixture (COCO-WholeBody 2-D + built-in two_hands 3-D, 50/50), and the per-hand extra keys
+(issue 13): flipping twice is the identity for every key, one flip gives each hand the other
+hand's mirrored world fit / RootNet depth (InterHand2.6M) and camera (COCO NeuralAnnot), and
+extrinsics, RootNet boxes and per-hand intrinsics follow the crop (world joints through the
+crop extrinsics and back-projected record pixels through the crop intrinsics land on the crop's
+joints).
 
 Expected values are computed here directly from the tfds records and from InterWild's
 ``sanitize_bbox`` / ``process_bbox`` written out in numpy, not through the pipeline's helpers.
@@ -327,3 +332,249 @@ def test_mixture_coco_2d_and_two_hands_3d_as_interwild(coco, two_hands_dir):
         src = [1, 0] if b["aug_flip"][i] else [0, 1]
         np.testing.assert_array_equal(b["hand_valid"][i], rec["hand_valid"][src])
     assert np.all(b["has_annot_id"] == coco_rows)
+
+
+# ----------------------------------------------------------------------------- per-hand extra keys (issue 13)
+# Every key of a decoded two-hand frame of InterHand2.6M / COCO-WholeBody (through the factory's
+# adapters). A new key fails these tests until its flip / crop rule is decided and checked below.
+IH_KEYS = {
+    # images and per-hand / per-joint geometry (swapped + mirrored: the checks of test_two_hands_data)
+    "image", "mask", "part_seg", "joints2d", "joints3d", "joint_valid", "vertices", "mano_pose", "betas", "transl",
+    "hand_valid", "hand_box", "mano_valid", "K", "rel_root", "hand_type", "bbox",
+    # the extra keys of issue 13, checked here
+    "mano_pose_world", "mano_transl_world", "mano_root_j0", "cam_R", "cam_t", "rootnet_depth", "rootnet_bbox",
+    # frame-level and flip-invariant
+    "has_rootnet", "has_mano_world", "hand_type_valid", "interacting", "image_size", "has_mano", "has_transl",
+    "has_bbox", "has_vertices", "has_mask", "has_part_seg", "annot_id", "image_id", "capture", "frame_index",
+    "subject", "subject_id", "sequence_id", "annotated", "record"}
+COCO_KEYS = {
+    "image", "mask", "part_seg", "joints2d", "joints3d", "joint_valid", "vertices", "mano_pose", "betas", "transl",
+    "hand_valid", "hand_box", "mano_valid", "K", "hand_type", "person_box", "hand_K",
+    "has_hand_K", "hand_box_annotated", "hand_type_valid", "interacting", "image_size", "has_K", "has_mano",
+    "has_transl", "has_joints3d", "has_vertices", "has_mask", "has_part_seg", "annot_id", "image_id", "sequence_id",
+    "frame_index", "annotated", "record"}
+SIDES = ("right", "left")
+MIRROR = np.diag([-1.0, 1.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def interhand(tmp_path_factory, mano_dir):
+    from test_interhand_data import true_models, write_interhand
+
+    from data_pipelines.interhand import get_builder
+    from data_pipelines.manual import prepare
+
+    tmp = tmp_path_factory.mktemp("ih_flip")
+    raw, data_dir = str(tmp / "raw"), str(tmp / "data")
+    models = true_models(mano_dir)
+    truth = write_interhand(raw, models)
+    # built here without DIGIT's part masks (not under test; the factory then reuses the build)
+    prepare(get_builder("5fps_hm", data_dir, mano_dir=mano_dir, render_part_seg=False), raw)
+    cfg = dict(name="interhand", data_dir=data_dir, manual_dir=raw, mano_model=mano_dir, image_size=S,
+               augment=dict(flip="random", rotation=30.0, scale=0.2, shift=0.1), num_workers=0)
+    data = factory.make_data_factory(ml_collections.ConfigDict(cfg))
+    means = {}
+    for side in SIDES:
+        with open(f"{mano_dir}/MANO_{side.upper()}.pkl", "rb") as fh:
+            means[side] = np.asarray(pickle.load(fh)["hands_mean"], np.float64)
+    return {"cfg": cfg, "data": data, "truth": truth, "models": models, "means": means,
+            "recs": {s: records(data.builder_dir, s) for s in ("train", "test")}}
+
+
+def source_frames(cfg, split):
+    """The decoded frames of a split as the pipeline reads them (adapter applied, before any crop)."""
+    member = factory._Member.create(cfg, 0, None)
+    src = member.source(split, factory.sampling_params(cfg, "frame", {}))
+    return [src[r] for r in range(len(src))]
+
+
+def rot_z(theta):
+    c, s = np.cos(theta), np.sin(theta)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def project(points, K):
+    p = np.asarray(points, np.float64) @ np.asarray(K, np.float64).T
+    return p[..., :2] / p[..., 2:]
+
+
+def corners(xywh):
+    x, y, w, h = (float(v) for v in xywh)
+    return np.array([x, y, x + w, y + h])
+
+
+def mano_joints(model, pose_abs, betas, transl):
+    """(21, 3) ih26m joints, metres, of an ABSOLUTE (flat-mean) pose."""
+    import jax.numpy as jnp
+
+    from handjax.mano import from_axis_angle, mano_forward
+
+    rot = from_axis_angle(model, jnp.asarray(pose_abs, jnp.float32), flat_hand_mean=True)
+    out = mano_forward(model, rot, jnp.asarray(betas, jnp.float32), jnp.asarray(transl, jnp.float32), "ih26m")
+    return np.asarray(out.joints, np.float64)
+
+
+def rotated_box(box, A, valid, out_h, out_w):
+    """A box (x1, y1, x2, y2) through A (a rotation included): the extent of its FOUR mapped
+    corners, clipped to the crop; zeros if invalid / empty."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not valid or not (x2 > x1 and y2 > y1):
+        return np.zeros(4)
+    c = affine([[x1, y1], [x2, y1], [x1, y2], [x2, y2]], A)
+    lo, hi = np.maximum(c.min(0), -0.5), np.minimum(c.max(0), [out_w - 0.5, out_h - 0.5])
+    return np.concatenate([lo, hi]) if np.all(hi > lo) else np.zeros(4)
+
+
+ONE_LEVEL = 1.0 / 255.0 / 0.224  # one uint8 step of the warped image after ImageNet normalisation
+
+
+def assert_same_frame(got, want, atol=1e-5):
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    for key, value in want.items():
+        value, other = np.asarray(value), np.asarray(got[key])
+        assert other.shape == value.shape and other.dtype == value.dtype, key
+        if key == "image":  # PIL's uint8 bilinear warp may round a pixel the other way (maps equal to ~1e-7)
+            diff = np.abs(other - value)
+            assert diff.max() <= ONE_LEVEL * 1.001 and np.mean(diff > atol) < 0.01, key
+        elif value.dtype.kind in "biu":
+            np.testing.assert_array_equal(other, value, err_msg=key)
+        else:
+            np.testing.assert_allclose(other, value, atol=atol, err_msg=key)
+
+
+def test_flip_twice_is_identity_for_every_key(interhand, coco):
+    cfg = transforms.AugmentConfig(flip="random", rotation=30.0, scale=0.2, shift=0.1)
+    params = transforms.AugmentParams(scale=1.1, rotation=0.4, shift=np.array([0.05, -0.03]), coin=True,
+                                      color=np.array([1.0, 1.0, 1.0, 0.0]))
+    unflipped = transforms.AugmentParams(**dict(vars(params), coin=False))
+    cases = [(f, IH_KEYS, "hands") for s in ("train", "test") for f in source_frames(interhand["cfg"], s)]
+    coco_cfg = dict(coco["cfg"], data_dir=str(coco["path"]).split("/coco_wholebody/")[0])
+    cases += [(f, COCO_KEYS, "person") for f in source_frames(coco_cfg, "train")]
+    assert len(cases) == 5 + 3
+    for f, keys, crop in cases:
+        assert set(f) == keys, sorted(set(f) ^ keys)
+        mirrored = transforms.mirror_two_hand_frame(f)
+        assert_same_frame(transforms.mirror_two_hand_frame(mirrored), f)
+        # the batch: cropping the mirrored frame WITH a flip = cropping the frame without one (every
+        # key; crop_affine differs by the mirror of the source pixels it starts from)
+        a = transforms.transform_two_hand_frame(mirrored, params, cfg, S, crop)
+        b = transforms.transform_two_hand_frame(f, unflipped, cfg, S, crop)
+        assert a["aug_flip"] and not b["aug_flip"]
+        w = f["image"].shape[1]
+        np.testing.assert_allclose(a.pop("crop_affine"), b.pop("crop_affine") @ np.array(
+            [[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), atol=1e-4)
+        a.pop("aug_flip"), b.pop("aug_flip")
+        assert_same_frame(a, b, atol=2e-4)
+
+
+def test_interhand_one_flip_gives_each_hand_the_other_hands_mirrored_labels(interhand):
+    means, models = interhand["means"], interhand["models"]
+    n = 0
+    for split in ("train", "test"):
+        for f in source_frames(interhand["cfg"], split):
+            rec = interhand["recs"][split][int(f["annot_id"])]
+            world = interhand["truth"][split][int(f["annot_id"])]["world"].reshape(2, 21, 3) / 1000.0  # metres
+            width = int(rec["image_size"][1])
+            m = transforms.mirror_two_hand_frame(f)
+            # extrinsics of the mirrored world (x -> -x): X_cam' = M X_cam = (M R M)(M X_w) + M t
+            np.testing.assert_allclose(m["cam_R"], MIRROR @ rec["cam_R"] @ MIRROR, atol=1e-7)
+            np.testing.assert_allclose(m["cam_t"], rec["cam_t"] * [-1, 1, 1], atol=1e-7)
+            rn = rec["rootnet"]
+            assert bool(f["has_rootnet"]) == bool(m["has_rootnet"]) == bool(rn["valid"])
+            np.testing.assert_allclose(m["rootnet_depth"], rn["abs_depth"][::-1], atol=1e-7)
+            if rn["valid"]:  # (x, y, w, h) -> corners, mirrored: x -> W - 1 - x
+                x1, y1, x2, y2 = corners(rn["bbox"])
+                np.testing.assert_allclose(m["rootnet_bbox"], [width - 1 - x2, y1, width - 1 - x1, y2], atol=1e-5)
+                n += 1
+            else:
+                np.testing.assert_array_equal(m["rootnet_bbox"], np.zeros(4))
+            for i, j in ((0, 1), (1, 0)):  # output hand i is the mirrored record hand j
+                fit = rec["mano"][SIDES[j]]
+                absolute = np.asarray(fit["pose_world"], np.float64) + np.concatenate([np.zeros(3), means[SIDES[j]]])
+                np.testing.assert_allclose(f["mano_pose_world"][j], absolute, atol=1e-6)
+                np.testing.assert_allclose(m["mano_pose_world"][i], mirror_pose(absolute), atol=1e-6)
+                np.testing.assert_allclose(m["mano_transl_world"][i], fit["transl_world"] * [-1, 1, 1], atol=1e-7)
+                np.testing.assert_allclose(m["mano_root_j0"][i], fit["root_j0"] * [-1, 1, 1], atol=1e-7)
+                assert bool(m["mano_valid"][i]) == bool(fit["valid"])
+                # geometry: the extrinsics take the mirrored world joints to the mirrored camera joints
+                np.testing.assert_allclose((world[j] @ MIRROR) @ m["cam_R"].T + m["cam_t"],
+                                           m["joints3d"][21 * i:21 * i + 21], atol=2e-5)
+                if fit["valid"]:  # the mirrored world fit is a fit of hand i's side in the mirrored world
+                    np.testing.assert_allclose(mano_joints(models[SIDES[j]], f["mano_pose_world"][j], f["betas"][j],
+                                                           f["mano_transl_world"][j]), world[j], atol=2e-5)
+                    np.testing.assert_allclose(mano_joints(models[SIDES[i]], m["mano_pose_world"][i], m["betas"][i],
+                                                           m["mano_transl_world"][i]), world[j] @ MIRROR, atol=2e-5)
+            assert bool(m["has_mano_world"]) and bool(f["has_mano_world"])
+    assert n == 1  # annotation 30 has a RootNet entry
+
+
+def test_interhand_boxes_and_extrinsics_follow_the_crop(interhand):
+    models, data = interhand["models"], interhand["data"]
+    flips = set()
+    for split in ("train", "test"):
+        for f in batch_frames(next(data(split, "frame", 8, True))):
+            aid = int(f["annot_id"])
+            rec, world = interhand["recs"][split][aid], interhand["truth"][split][aid]["world"] / 1000.0
+            flip = bool(f["aug_flip"])
+            flips.add(flip)
+            src = [1, 0] if flip else [0, 1]  # output hand i comes from record hand src[i]
+            mirror = MIRROR if flip else np.eye(3)
+            r3 = rot_z(float(f["aug_rotation"])) @ mirror
+            A = f["crop_affine"]  # original pixels -> crop pixels (mirror included)
+            # extrinsics: the crop camera (rotated, mirrored) sees the (mirrored) world
+            np.testing.assert_allclose(f["cam_R"], r3 @ rec["cam_R"] @ mirror, atol=1e-6)
+            np.testing.assert_allclose(f["cam_R"] @ f["cam_R"].T, np.eye(3), atol=1e-6)
+            assert np.linalg.det(f["cam_R"]) > 0.999
+            np.testing.assert_allclose(f["cam_t"], r3 @ rec["cam_t"], atol=1e-6)
+            world = world.reshape(2, 21, 3)[src].reshape(42, 3) @ mirror
+            cam = world @ f["cam_R"].T + f["cam_t"]
+            np.testing.assert_allclose(cam, f["joints3d"], atol=2e-5)
+            np.testing.assert_allclose(project(cam, f["K"]), f["joints2d"], atol=2e-3)  # crop intrinsics -> crop joints
+            np.testing.assert_allclose(f["joints2d"], affine(rec["joints2d"], A).reshape(2, 21, 2)[src].reshape(42, 2),
+                                       atol=2e-3)
+            # RootNet: per-hand depths (invariant under the crop's rotation about the optical axis), box moved
+            np.testing.assert_allclose(f["rootnet_depth"], rec["rootnet"]["abs_depth"][src], atol=1e-7)
+            assert bool(f["has_rootnet"]) == bool(rec["rootnet"]["valid"])
+            np.testing.assert_allclose(f["rootnet_bbox"], rotated_box(corners(rec["rootnet"]["bbox"]), A,
+                                                                      rec["rootnet"]["valid"], S, S), atol=1e-4)
+            np.testing.assert_allclose(f["bbox"], rotated_box(corners(rec["bbox"]), A, True, S, S), atol=1e-4)
+            for i, j in enumerate(src):  # the world fits, through the crop's extrinsics, give the crop joints
+                fit = rec["mano"][SIDES[j]]
+                assert bool(f["mano_valid"][i]) == bool(fit["valid"])
+                np.testing.assert_allclose(f["mano_root_j0"][i], mirror @ fit["root_j0"], atol=1e-7)
+                if fit["valid"]:
+                    joints = mano_joints(models[SIDES[i]], f["mano_pose_world"][i], f["betas"][i],
+                                         f["mano_transl_world"][i])
+                    np.testing.assert_allclose(joints @ f["cam_R"].T + f["cam_t"], f["joints3d"][21 * i:21 * i + 21],
+                                               atol=3e-5)
+    assert flips == {True, False}
+
+
+def test_coco_per_hand_cameras_are_crop_intrinsics_swapped_on_flips(coco):
+    """NeuralAnnot's per-hand cameras reach batches as ``hand_K`` (2, 3, 3): points of hand i's own
+    camera frame, rotated (and mirrored) with the crop, project with hand_K[i] onto the crop joints."""
+    cfg = dict(coco["cfg"], augment=dict(flip="random", rotation=30.0, scale=0.2, shift=0.1))
+    data = factory.make_data_factory(ml_collections.ConfigDict(cfg))
+    frames = batch_frames(next(data("train", "frame", 12, True))) + eval_frames(data, "train")
+    flips, fitted = set(), 0
+    for f in frames:
+        rec = coco["recs"]["train"][int(f["annot_id"])]
+        flip = bool(f["aug_flip"])
+        flips.add(flip)
+        src = [1, 0] if flip else [0, 1]
+        r3 = rot_z(float(f["aug_rotation"])) @ (MIRROR if flip else np.eye(3))
+        assert bool(f["has_hand_K"]) == any(bool(rec["mano"][s]["valid"]) for s in SIDES)
+        for i, j in enumerate(src):
+            fit = rec["mano"][SIDES[j]]
+            if not fit["valid"]:
+                np.testing.assert_array_equal(f["hand_K"][i], np.zeros((3, 3)))
+                continue
+            (fx, fy), (cx, cy) = fit["focal"], fit["princpt"]
+            uv = np.asarray(rec["joints2d"], np.float64)[21 * j:21 * j + 21]
+            depth = np.linspace(0.3, 0.9, 21)[:, None]  # any depth: the rays of the record's pixels
+            points = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy, np.ones(21)], -1) * depth
+            np.testing.assert_allclose(project(points @ r3.T, f["hand_K"][i]), f["joints2d"][21 * i:21 * i + 21],
+                                       atol=2e-3)
+            np.testing.assert_allclose(f["hand_K"][i][2], [0.0, 0.0, 1.0], atol=1e-7)
+            fitted += 1
+    assert flips == {True, False} and fitted > 0
