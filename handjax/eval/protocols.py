@@ -386,3 +386,29 @@ def format_metrics(rows: Mapping[str, Mapping[str, float]]) -> str:
                          (f"{int(v):>14d}" if c.startswith("num_") else f"{v:>14.4f}"))
         lines.append(f"{name:<{width}}" + "".join(cells))
     return "\n".join(lines)
+
+
+class PredJsonWriter:
+    """An evaluation-loop collector (``add(pred, labels)``, ``handjax.eval.loop``) of single-hand
+    predictions (``pred["joints"]`` in the dataset's order, ``pred["vertices"]``) that writes the
+    benchmark's CodaLab pred.json in the official sample order."""
+
+    def __init__(self, benchmark: str):
+        pred_format(benchmark)  # validates the name
+        self.benchmark = benchmark
+        self.collector = PredictionCollector()
+
+    def add(self, pred, labels) -> None:
+        self.collector.add_batch(pred["joints"], pred["vertices"], labels)
+
+    def write(self, path: str) -> str:
+        """Write ``path`` (noting when the sample count is not the benchmark's); returns it."""
+        joints, verts = self.collector.arrays()
+        expected = pred_format(self.benchmark).num_samples
+        if expected is not None and len(joints) != expected:
+            print(f"[eval] note: {len(joints)} samples, the {self.benchmark} benchmark has {expected}: pred.json is "
+                  f"not a complete submission", flush=True)
+        write_pred_json(path, self.benchmark, joints, verts, check_count=False)
+        print(f"[eval] {self.benchmark} pred.json ({len(joints)} samples) written to {path}; submit with: "
+              f"zip -j pred.zip {path}", flush=True)
+        return path

@@ -21,7 +21,9 @@ from handjax.losses import loss_from_weights, needs_mesh, nt_xent, undo_equivari
 from handjax.models import CONV_IMPLS
 from handjax.models.checkpoint import is_model_checkpoint, load_model, read_meta
 from handjax.models.tempclr import TempCLRModel, decode, default_mean_param
+from handjax.train import guards
 from handjax.train.loop import Task, restore_model
+from handjax.train.summaries import reprojection_summary
 from handjax.train.system import EvalStage, Predictor, System, TrainStage
 
 MODEL_CONVENTION = "tempclr"
@@ -140,7 +142,8 @@ def finetune_task(ctx) -> Task:
     hand, remap, size = mano_model(cfg), _remap(cfg), int(cfg.data.image_size)
     loss = functools.partial(finetune_loss, mano_model=hand, remap=remap, weights=dict(ctx.stage_cfg.loss_weights),
                              image_size=size)
-    summaries = summary_fn(hand, remap, size) if ctx.stage_cfg.get("summary_every", 0) else None
+    summaries = (reprojection_summary(lambda m, x: hand_output(m, x, hand, remap, size), hand.faces, size)
+                 if ctx.stage_cfg.get("summary_every", 0) else None)
     return Task(build_model(cfg, with_projection=False, seed=ctx.seed), loss, summary_fn=summaries)
 
 
@@ -227,41 +230,17 @@ def _evaluator(ctx):
     return make_evaluator("single_hand", protocol=_protocol(ctx.cfg))
 
 
-class _PredJson:
-    """Collects the evaluated predictions for the CodaLab pred.json."""
-
-    def __init__(self):
-        self.collector = protocols.PredictionCollector()
-
-    def add(self, pred, labels):
-        self.collector.add_batch(pred["joints"], pred["vertices"], labels)
-
-
 def _collectors(ctx):
-    return [_PredJson()] if _protocol(ctx.cfg) else []
+    return [protocols.PredJsonWriter(_protocol(ctx.cfg))] if _protocol(ctx.cfg) else []
 
 
 def _finish(ctx, collectors):
     import jax
 
-    benchmark = _protocol(ctx.cfg)
-    if benchmark and collectors and jax.process_index() == 0:
-        path = ctx.stage_cfg.get("pred_json", "") or os.path.join(ctx.workdir, "pred.json")
-        return {"pred_json": write_pred_json(benchmark, collectors[0].collector, path)}
+    if collectors and jax.process_index() == 0:
+        return {"pred_json": collectors[0].write(ctx.stage_cfg.get("pred_json", "") or
+                                                 os.path.join(ctx.workdir, "pred.json"))}
     return None
-
-
-def write_pred_json(benchmark: str, collector, path: str) -> str:
-    """The CodaLab submission file of the collected predictions (official order); returns its path."""
-    joints, verts = collector.arrays()
-    expected = protocols.pred_format(benchmark).num_samples
-    if expected is not None and len(joints) != expected:
-        print(f"[eval] note: {len(joints)} samples, the {benchmark} benchmark has {expected}: pred.json is not a "
-              f"complete submission", flush=True)
-    protocols.write_pred_json(path, benchmark, joints, verts, check_count=False)
-    print(f"[eval] {benchmark} pred.json ({len(joints)} samples) written to {path}; submit with: "
-          f"zip -j pred.zip {path}", flush=True)
-    return path
 
 
 TABLE_COLUMNS = ("mpjpe_mm", "pa_mpjpe_mm", "pa_mpvpe_mm", "f5", "f15", "auc_pa")
@@ -301,127 +280,37 @@ def predictor(cfg) -> Predictor:
                      meta={"system": "tempclr", "backbone": backbone_name(cfg), "joint_convention": MODEL_CONVENTION})
 
 
-# ----------------------------------------------------------------------------- summaries
-WEAK_PERSPECTIVE_DEPTH = 20.0  # metres: a far pinhole camera that reproduces the weak-perspective projection
-
-
-def summary_fn(mano_model, remap, image_size: int, num_images: int = 4, min_display: int = 128):
-    """Re-projection summaries (host side): crop with GT joints | predicted joints | predicted mesh over the crop.
-
-    Crops smaller than ``min_display`` pixels are shown enlarged by an integer factor (nearest
-    neighbour), with the skeletons and the mesh drawn at the display resolution.
-    """
-    from handjax import render
-    from handjax.eval.visualize import denormalize, draw_skeleton, overlay
-    from handjax.geometry import affine_to_perspective
-
-    zoom = max(1, -(-min_display // image_size))
-    size = image_size * zoom
-
-    def to_display(u):  # crop pixel coordinates (OpenCV centres) -> display ones: pixel u covers zoom x zoom
-        return (u + 0.5) * zoom - 0.5
-
-    @nnx.jit
-    def predict(model, images):
-        out = hand_output(model, images, mano_model, remap, image_size)
-        # the affine crop camera as a far pinhole camera at display resolution (focal: depth x pixel scale)
-        cam = out.camera.at[:, :2].multiply(zoom).at[:, :2, 3].add((zoom - 1) / 2.0)
-        focal = cam[:, 0, 0] * WEAK_PERSPECTIVE_DEPTH
-        K, t = affine_to_perspective(cam, focal, jnp.full((cam.shape[0], 2), to_display(image_size / 2)))
-        return out, K, out.vertices + t[:, None]
-
-    def summarize(model, batch):
-        if np.ndim(batch["image"]) == 5:  # window batches (temporal terms): their frames
-            batch = flatten_frames(batch, *np.shape(batch["image"])[:2])
-        images = jnp.asarray(batch["image"][:num_images])
-        out, K, verts = predict(model, images)
-        rendered = render.render_mesh_batch(verts, mano_model.faces, K, (size, size),
-                                            vertex_colors=jnp.tile(jnp.array([[0.55, 0.65, 0.9]]), (verts.shape[1], 1)))
-        crops = denormalize(np.asarray(images)).repeat(zoom, axis=1).repeat(zoom, axis=2)
-        pred_px = to_display(np.asarray(out.joints2d))
-        gt_px = to_display(np.asarray(batch["joints2d"][:num_images]))
-        panels = []
-        for i in range(len(crops)):
-            panels.append(np.concatenate([
-                draw_skeleton(crops[i], gt_px[i]), draw_skeleton(crops[i], pred_px[i]),
-                overlay(crops[i], np.asarray(rendered.rgb[i]), np.asarray(rendered.mask[i]))], axis=1))
-        return {"reprojection": np.stack(panels)}
-
-    return summarize
-
-
 # ----------------------------------------------------------------------------- the system
-MANO_REQUIRED = (
-    "set config key mano.model_path to your MANO_RIGHT.pkl (or the folder holding it): register at "
-    "https://mano.is.tue.mpg.de, download 'Models & Code' (mano_v1_2.zip), use mano_v1_2/models/MANO_RIGHT.pkl; "
-    "or set mano.allow_builtin=True to run this experiment with the built-in hand anyway (its numbers are then not "
-    "comparable to published ones)")
-
-
-def _job(cfg) -> tuple:
-    return tuple(x.strip() for x in str(cfg.stages).split(",") if x.strip())
-
-
-def _dataset(data_cfg):
-    from data_pipelines.factory import get_dataset
-
-    return get_dataset(data_cfg.get("name") or "")
-
-
 def _released_checkpoint(path: str) -> bool:
     """A converted release (``python -m handjax.convert tempclr``): its regressor was trained with the real MANO."""
     return bool(path) and _meta(path).get("converter") == "handjax.convert.tempclr.convert_tempclr"
 
 
-def check_mano_guard(cfg) -> None:
-    """A converted TempCLR checkpoint or a real dataset meeting the built-in hand (``mano.model_path``
-    empty) is an error unless ``mano.allow_builtin``: every vertex / joint metric, every loss and
-    pred.json would silently be computed with another hand model."""
-    if cfg.mano.get("model_path") or cfg.mano.get("allow_builtin", False):
+def check_released_checkpoint(cfg) -> None:
+    """Evaluating a converted TempCLR release needs the real MANO (``guards.require_real_mano`` covers datasets)."""
+    if guards.builtin_hand_allowed(cfg):
         return
-    from handjax.train.runner import stage_data_config
-
-    job = _job(cfg)
+    job = guards.job_stages(cfg)
     if "eval" in job and "finetune" not in job and _released_checkpoint(cfg.eval.get("checkpoint", "") or ""):
         raise ValueError(f"config key eval.checkpoint={cfg.eval.checkpoint!r} is a converted TempCLR release, whose "
                          f"regressor was trained with the real MANO model, but mano.model_path is empty (the "
-                         f"built-in hand would make every metric and pred.json meaningless): {MANO_REQUIRED}")
-    for stage in ("finetune", "eval"):  # the stages that use the hand model
-        if stage not in job:
-            continue
-        data_cfg = stage_data_config(cfg, stage) if stage == "finetune" else cfg.data.to_dict()
-        names = [data_cfg.get("name")] + [e[0] if isinstance(e, (tuple, list)) else e.get("name")
-                                          for e in (data_cfg.get("mixture") or [])]
-        for name in filter(None, names):
-            if _dataset({"name": name}).manual:
-                raise ValueError(f"stage {stage!r} uses the real dataset {name!r} (config key data.name), but "
-                                 f"mano.model_path is empty: its labels were made with the real MANO model, the "
-                                 f"built-in hand would give meaningless losses and metrics: {MANO_REQUIRED}")
+                         f"built-in hand would make every metric and pred.json meaningless): {guards.MANO_REQUIRED}")
 
 
 def check_video(cfg) -> None:
     """Contrastive pretraining (and the fine-tuning temporal terms) need video datasets."""
-    from handjax.train.runner import stage_data_config
-
-    job = _job(cfg)
     temporal = any(float((cfg.finetune.get("loss_weights") or {}).get(k, 0.0)) for k in TEMPORAL_TERMS)
-    for stage, why in (("pretrain", "contrastive pretraining draws its positives from other frames of a video"),
-                       ("finetune", "the temporal terms (finetune.loss_weights.temporal_*) need video windows")):
-        if stage not in job or (stage == "finetune" and not temporal):
-            continue
-        data_cfg = stage_data_config(cfg, stage)
-        name = data_cfg.get("name") or ""
-        if name and not _dataset(data_cfg).video:
-            key = f"{stage}.data.name" if (cfg.get(stage).get("data") or {}).get("name") else "data.name"  # noqa
-            raise ValueError(f"config key {key}={name!r}: a single-frame dataset, but {why} (with single frames "
-                             f"every positive is the anchor itself and nothing is learned); use a video dataset, "
-                             f"e.g. {stage}.data.name='hanco' (FreiHAND's authors' videos) or 'ho3d'")
+    needs = {"pretrain": "contrastive pretraining draws its positives from other frames of a video"}
+    if temporal:
+        needs["finetune"] = "the temporal terms (finetune.loss_weights.temporal_*) need video windows"
+    guards.require_video(cfg, needs, hint="e.g. {stage}.data.name='hanco' (FreiHAND's authors' videos) or 'ho3d'")
 
 
 def _check(cfg):
     if _protocol(cfg) and _protocol(cfg) not in protocols.PROTOCOLS:
         raise ValueError(f"config key eval.protocol={_protocol(cfg)!r}: known protocols {list(protocols.PROTOCOLS)}")
-    check_mano_guard(cfg)
+    check_released_checkpoint(cfg)  # the more specific message first
+    guards.require_real_mano(cfg, ("finetune", "eval"))
     check_video(cfg)
 
 
