@@ -19,7 +19,7 @@ from handjax.eval.evaluators import make_evaluator
 from handjax.losses import keypoint_l1
 from handjax.train import runner
 from handjax.train.loop import Task
-from handjax.train.system import EvalStage, System, TrainStage
+from handjax.train.system import EvalStage, Stage, System, TrainStage
 
 B = 8
 
@@ -219,3 +219,55 @@ def test_preempted_evaluation_reruns_to_full_results(tmp_path):
     assert again["warmup"] == first["warmup"] and again["main"] == first["main"]  # resumed at the last step
     assert set(again["eval"]) == {"zeros", "mean hand"} and again["eval"]["mean hand"]["num_joints"] == 12
     assert (tmp_path / "eval_metrics.json").exists()
+
+
+def _offset_stage_run(ctx, models):
+    """A non-gradient stage: measures the trained mean hand's wrist offset from the training labels."""
+    model = models["main"]
+    labels = next(ctx.data(split="train", mode="frame", batch_size=B, train=True, seed=0))
+    offset = np.asarray(model.joints[...][0]) - labels["joints3d"][:, 0].mean(0)
+    np.save(os.path.join(ctx.stage_dir, "offset.npy"), offset)
+    return {"offset_mm": float(np.linalg.norm(offset) * 1000.0)}
+
+
+def _shifted_predict(ctx):
+    def predict(model, inputs):  # several input keys reach predict as a dict of sharded arrays
+        out = model(inputs["image"])
+        return {k: v * inputs["scale"][:, None, None] for k, v in out.items()}
+    return predict
+
+
+TOY_WITH_STAGE = System(
+    name="toy_stage",
+    stages=TOY.stages[:2] + (
+        Stage("measure", _offset_stage_run, requires=("main",)),
+        EvalStage("eval", model_from="main", model=lambda ctx: MeanHand(0), predict=_shifted_predict,
+                  evaluator=lambda ctx: make_evaluator("single_hand"),
+                  baselines=lambda ctx: {}, label=lambda ctx, here: "scaled", inputs=("image", "scale")),
+    ),
+)
+
+
+def _with_scale(data):
+    def scaled(**kw):
+        for b in data(**kw):
+            yield dict(b, scale=np.full(len(b["image"]), 2.0, np.float32))
+    return scaled
+
+
+def test_generic_stage_and_several_predict_inputs(tmp_path):
+    cfg = _cfg(stages="warmup,main,measure,eval", measure=dict())
+    results = runner.run(TOY_WITH_STAGE, cfg, str(tmp_path), _with_scale(_factory([])))
+    # the Stage ran in its own folder on the trained model and its metrics are in the job's results
+    saved = np.load(tmp_path / "measure" / "offset.npy")
+    assert results["measure"]["offset_mm"] == pytest.approx(float(np.linalg.norm(saved) * 1000.0))
+    # the evaluation got both input keys: the predictions were scaled x2 (Procrustes removes the scale,
+    # the root-relative MPJPE does not), compared with the plain evaluation of the same checkpoint
+    plain = runner.run(TOY, _cfg(stages="eval"), str(tmp_path), _factory([]))["eval"]["mean hand"]
+    scaled = results["eval"]["scaled"]
+    assert scaled["pa_mpjpe_mm"] == pytest.approx(plain["pa_mpjpe_mm"], rel=1e-4)
+    assert scaled["mpjpe_mm"] > plain["mpjpe_mm"] + 10.0
+    # a stage whose required stage is neither in the job nor on disk is refused before anything runs
+    with pytest.raises(FileNotFoundError, match="stage 'measure' needs the output of 'main'"):
+        runner.run(TOY_WITH_STAGE, _cfg(stages="measure", measure=dict()), str(tmp_path / "fresh"),
+                   _with_scale(_factory([])))

@@ -11,7 +11,8 @@
    from its own checkpoints) on the job's data or, with ``<stage>.data`` set, on
    ``cfg.data`` updated by those keys (:func:`stage_data_config`); an evaluation stage
    evaluates the trained (or restored) model and the system's trivial baselines, prints the
-   table, writes ``eval_metrics.json`` (and the system's extra files, e.g. pred.json);
+   table, writes ``eval_metrics.json`` (and the system's extra files, e.g. pred.json); any other
+   stage (``system.Stage``) runs its ``run(ctx, models)`` in its folder;
 3. returns ``{stage: metrics}`` (``handjax.main`` writes it to ``results.json``).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ from handjax.losses.terms import check_weights
 from handjax.models.checkpoint import is_model_checkpoint, resolve_path
 from handjax.sharding import make_mesh
 from handjax.train.loop import Task, restore_model, train
-from handjax.train.system import EvalStage, StageContext, System, TrainStage
+from handjax.train.system import EvalStage, Stage, StageContext, System, TrainStage
 
 
 def parse_stages(system: System, spec: str) -> tuple:
@@ -105,7 +106,8 @@ def check_job(system: System, cfg, job: tuple, workdir: str, mesh) -> None:
         if scfg is None:
             raise ValueError(f"config has no section {name!r} for stage {name!r}")
         batch = int(scfg.get("batch_size", 0))
-        if batch <= 0 or batch % n_dev or batch % n_proc:
+        checked = not isinstance(stage, Stage) or "batch_size" in scfg  # a Stage may have no batches
+        if checked and (batch <= 0 or batch % n_dev or batch % n_proc):
             raise ValueError(f"config key {name}.batch_size={batch}: must be a positive multiple of the "
                              f"{n_dev} devices of the mesh (and of the {n_proc} processes)")
         if isinstance(stage, TrainStage):
@@ -116,6 +118,11 @@ def check_job(system: System, cfg, job: tuple, workdir: str, mesh) -> None:
                                         f"a training stage folder with checkpoints/ or a model-only checkpoint)")
             if int(scfg.get("eval_every", 0) or 0) and not _validation_stage(system):
                 raise ValueError(f"config key {name}.eval_every: system {system.name!r} has no evaluation stage")
+        elif isinstance(stage, Stage):
+            for need in stage.requires:
+                if need not in job and not epath.Path(workdir, need).exists():
+                    raise FileNotFoundError(f"config key stages: stage {name!r} needs the output of {need!r}, which "
+                                            f"is not in 'stages', and {os.path.join(workdir, need)!r} does not exist")
         else:
             source = _eval_source(cfg, stage, job, workdir)
             if stage.model_from not in job and not _checkpoint_exists(source):
@@ -144,7 +151,8 @@ def _validation_fn(system: System, ctx: StageContext):
 
     def validate(model):
         batches = ctx.data(split=split, mode="frame", batch_size=batch, train=False, seed=0)
-        out = evaluate(predict, model, batches, ctx.mesh, ev_stage.evaluator(ev_ctx), max_batches=max_batches)
+        out = evaluate(predict, model, batches, ctx.mesh, ev_stage.evaluator(ev_ctx), max_batches=max_batches,
+                       inputs=ev_stage.inputs)
         return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
     return validate
@@ -191,10 +199,10 @@ def _run_eval(system, stage: EvalStage, ctx: StageContext, job, models) -> dict:
                                     seed=0)
     rows: Dict[str, dict] = {}
     for row, baseline in stage.baselines(ctx).items():
-        rows[row] = evaluate(baseline, None, make_batches(), ctx.mesh, stage.evaluator(ctx))
+        rows[row] = evaluate(baseline, None, make_batches(), ctx.mesh, stage.evaluator(ctx), inputs=stage.inputs)
     collectors = list(stage.collectors(ctx))
     rows[stage.label(ctx, trained_here)] = evaluate(stage.predict(ctx), model, make_batches(), ctx.mesh,
-                                                    stage.evaluator(ctx), collectors)
+                                                    stage.evaluator(ctx), collectors, inputs=stage.inputs)
     if jax.process_index() == 0:
         table = stage.table(rows, ctx) if stage.table is not None else _default_table(rows)
         print(table, flush=True)
@@ -234,6 +242,9 @@ def run(system: System, cfg, workdir: str, data, mesh=None) -> dict:
         ctx = _context(system, cfg, name, mesh, workdir, data)
         if isinstance(stage, TrainStage):
             results[name] = _run_train(system, stage, ctx, job, models)
+        elif isinstance(stage, Stage):
+            epath.Path(ctx.stage_dir).mkdir(parents=True, exist_ok=True)
+            results[name] = stage.run(ctx, models)
         else:
             results[name], extra = _run_eval(system, stage, ctx, job, models)
             results.update(extra)

@@ -12,6 +12,10 @@ Stage configs (``cfg.<stage name>``) are read by the runner: ``num_steps``, ``ba
 ``loss_terms``), ``split`` (default ``train``), ``eval_every`` / ``eval_split`` /
 ``eval_batches`` (validation during training, written to TensorBoard), ``data`` (data keys
 of this stage's training data on top of ``cfg.data``).
+
+Stage kinds: :class:`TrainStage` (gradient training through ``handjax.train.loop``),
+:class:`EvalStage` (a model evaluated over batches with trivial baselines) and :class:`Stage`
+(anything else, e.g. calibration or inference-time optimisation: a ``run(ctx, models)`` callable).
 """
 from __future__ import annotations
 
@@ -75,6 +79,8 @@ class EvalStage:
     table(rows, ctx) -> the printed table.
     collectors(ctx) -> objects receiving every batch (``add(pred, labels)``); finish(ctx, collectors)
       writes their files (e.g. pred.json) and returns entries for the job's results (or None).
+    inputs: the batch keys the predict function gets (one key: its array; several: a dict of them),
+      e.g. ("image", "K", "object_id") for a model that places a known object with the intrinsics.
     """
 
     name: str
@@ -87,6 +93,25 @@ class EvalStage:
     table: Optional[Callable[[Dict[str, dict], StageContext], str]] = None
     collectors: Callable[[StageContext], Sequence] = lambda ctx: ()
     finish: Optional[Callable[[StageContext, Sequence], Optional[dict]]] = None
+    inputs: Tuple[str, ...] = ("image",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A stage that neither trains by gradient nor evaluates a model on batches (e.g. a shape
+    calibration or a per-image optimisation): ``run(ctx, models) -> metrics``.
+
+    ``models`` holds what earlier stages of this job left (training stages: their trained model
+    under their name; a ``Stage`` may add entries); a stage that needs an earlier one's output
+    reads it from ``models`` or from that stage's folder ``<workdir>/<name>``. ``requires`` names
+    those stages: the runner checks before any stage runs that each is in the job or has its
+    folder, naming the config key ``stages``. The runner creates ``ctx.stage_dir`` and records the
+    returned metrics in the job's results; the stage runs again in full when the job is rerun.
+    """
+
+    name: str
+    run: Callable[[StageContext, Dict[str, Any]], dict]
+    requires: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
