@@ -157,21 +157,26 @@ def test_record_key_preserves_order_within_tfds_key_space():
 
 
 # ----------------------------------------------------------------------------- shared build command pieces
-MANUAL_DATASETS = [  # (package, default config, instructions of its layout module)
-    ("coco_wholebody", "default", lambda layout: layout.INSTRUCTIONS),
-    ("hic", "default", lambda layout: layout.INSTRUCTIONS),
-    ("dexycb", "s0", lambda layout: layout.INSTRUCTIONS),
-    ("fphab", "hand_object_480", lambda layout: layout.INSTRUCTIONS),
-    ("interhand", "5fps_hm", lambda layout: layout.instructions()),
+MANUAL_DATASETS = [  # (package, default config, its download instructions from the package / its layout module)
+    ("coco_wholebody", "default", lambda pkg, layout: layout.INSTRUCTIONS),
+    ("hic", "default", lambda pkg, layout: layout.INSTRUCTIONS),
+    ("dexycb", "s0", lambda pkg, layout: layout.INSTRUCTIONS),
+    ("fphab", "hand_object_480", lambda pkg, layout: layout.INSTRUCTIONS),
+    ("interhand", "5fps_hm", lambda pkg, layout: layout.instructions()),
+    ("freihand", "default", lambda pkg, layout: pkg.MANUAL_DOWNLOAD_INSTRUCTIONS),
+    ("hanco", "default", lambda pkg, layout: pkg.MANUAL_DOWNLOAD_INSTRUCTIONS),
+    ("ho3d", "v2", lambda pkg, layout: pkg.MANUAL_DOWNLOAD_INSTRUCTIONS),
 ]
 
 
 @pytest.mark.parametrize("name,default,instructions", MANUAL_DATASETS, ids=[d[0] for d in MANUAL_DATASETS])
 def test_manual_datasets_share_get_builder_and_ensure_built(tmp_path, name, default, instructions):
     import importlib
+    import importlib.util
 
     package = importlib.import_module(f"data_pipelines.{name}")
-    layout = importlib.import_module(f"data_pipelines.{name}.layout")
+    has_layout = importlib.util.find_spec(f"data_pipelines.{name}.layout") is not None
+    layout = importlib.import_module(f"data_pipelines.{name}.layout") if has_layout else None
     builder = package.get_builder(default, str(tmp_path))
     assert os.fspath(builder.data_path) == os.path.join(str(tmp_path), name, default, str(builder.VERSION))
     # not built and no manual download: the error names dataset, config and builder dir, then the instructions
@@ -180,7 +185,7 @@ def test_manual_datasets_share_get_builder_and_ensure_built(tmp_path, name, defa
     text = str(err.value)
     assert text.startswith(f"{name}/{default} is not built under {builder.data_path}; give the raw download "
                            "(data.manual_dir / --manual_dir) to build it.")
-    assert text.endswith("\n\n" + instructions(layout))
+    assert text.endswith("\n\n" + instructions(package, layout))
     if name != "dexycb":  # dexycb configs are setups (make_config)
         with pytest.raises(ValueError, match=f"unknown {name} config 'nope'; known: "):
             package.get_builder("nope", str(tmp_path))

@@ -59,7 +59,6 @@ annotated            () bool            always True (3-D keypoints for every fra
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -68,6 +67,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from data_pipelines import manual
+from data_pipelines.manual import default_data_dir  # re-exported by the package
 from handjax.distributed import check_preemption
 from handjax.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
@@ -308,28 +308,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 # ----------------------------------------------------------------------------- entry points
-def default_data_dir() -> str:
-    """``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
 def get_builder(config: str = "default", data_dir: Optional[str] = None, skip_corrupt: bool = False) -> Builder:
-    if config not in BASE_CONFIGS:
-        raise ValueError(f"unknown hanco config {config!r}; known: {sorted(BASE_CONFIGS)}")
-    return Builder(config=config, data_dir=data_dir or default_data_dir(), skip_corrupt=skip_corrupt)
+    """The builder of a config name under ``data_dir`` (default :func:`default_data_dir`)."""
+    return manual.get_named_builder(Builder, config, data_dir, skip_corrupt=skip_corrupt)
 
 
 def ensure_built(config: str = "default", data_dir: Optional[str] = None, manual_dir: Optional[str] = None,
                  skip_corrupt: bool = False) -> str:
     """The builder directory ``<data_dir>/hanco/<config>/1.0.0``, built from ``manual_dir`` if
     missing (FileNotFoundError with the download instructions when neither exists)."""
-    builder = get_builder(config, data_dir, skip_corrupt)
-    if builder.is_prepared():
-        return os.fspath(builder.data_path)
-    if not manual_dir:
-        raise FileNotFoundError(f"hanco/{config} is not built under {builder.data_dir}; give the raw download "
-                                f"(data.manual_dir / --manual_dir) to build it.\n\n{MANUAL_DOWNLOAD_INSTRUCTIONS}")
-    path = manual.prepare(builder, manual_dir)
-    if builder.policy.count:
-        print(builder.policy.report())
-    return path
+    return manual.ensure_prepared(get_builder(config, data_dir, skip_corrupt), manual_dir, MANUAL_DOWNLOAD_INSTRUCTIONS)
