@@ -124,6 +124,8 @@ LABEL_FLAGS = {"joints2d": "has_joints2d", "joints3d": "has_joints3d", "vertices
 # flags cleared on frames that lose their labels (annotation fraction)
 FRACTION_FLAGS = ("has_joints2d", "has_joints3d", "has_vertices", "has_mano", "has_betas", "has_transl", "has_mask",
                   "has_part_seg")
+# label flags only some datasets carry (InterHand2.6M's world fits): cleared where present, never added
+OPTIONAL_FRACTION_FLAGS = ("has_mano_world",)
 
 
 # ----------------------------------------------------------------------------- record adapters
@@ -829,7 +831,8 @@ class LabelFractionSource:
     """A source whose frames outside ``keep`` (N,) bool lose their labels: ``annotated`` False
     and the label flags of :data:`FRACTION_FLAGS` False (the label values stay: crops are still
     built from them; losses must use the flags). Every frame carries every flag, so batches
-    have one key set."""
+    have one key set; the :data:`OPTIONAL_FRACTION_FLAGS` a dataset has are cleared too (inputs
+    such as RootNet depths or cameras are not labels and stay)."""
 
     def __init__(self, source, keep: np.ndarray):
         self.source, self.keep = source, np.asarray(keep, bool)
@@ -846,6 +849,9 @@ class LabelFractionSource:
         kept = bool(self.keep[int(record)])
         for flag in FRACTION_FLAGS:
             frame[flag] = np.bool_(kept and bool(frame.get(flag, True)))
+        for flag in OPTIONAL_FRACTION_FLAGS:
+            if flag in frame:
+                frame[flag] = np.logical_and(kept, frame[flag])
         frame["annotated"] = np.bool_(kept and bool(frame.get("annotated", True)))
         return frame
 

@@ -157,6 +157,36 @@ def test_subject_mode_returns_frames_of_one_subject():
 
 
 # ----------------------------------------------------------------------------- annotation fraction
+class _TwoHandFrames:
+    """Three frames of one sequence with per-hand world-fit flags and a RootNet input."""
+
+    def __init__(self):
+        self.index = samplers.SequenceIndex.from_arrays(np.zeros(3, int), np.arange(3), np.ones(3, bool))
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, record):
+        return {"joints3d": np.full((42, 3), record, np.float32), "has_joints3d": np.bool_(True),
+                "has_mano_world": np.array([True, False]), "has_rootnet": np.bool_(True)}
+
+
+def test_label_fraction_clears_labels_and_optional_flags_only():
+    src = factory.LabelFractionSource(_TwoHandFrames(), np.array([True, False, True]))
+    kept, dropped = src[0], src[1]
+    assert kept["has_joints3d"] and kept["annotated"] and kept["has_mano_world"].tolist() == [True, False]
+    assert not dropped["has_joints3d"] and not dropped["annotated"] and not dropped["has_mano"]
+    assert dropped["has_mano_world"].tolist() == [False, False]  # per-hand world fits are labels: cleared
+    assert dropped["has_rootnet"]  # an input, not a label: stays
+    np.testing.assert_array_equal(dropped["joints3d"], 1.0)  # values stay (crops are built from them)
+    class _OneHandFrames(_TwoHandFrames):
+        def __getitem__(self, record):
+            return {"joints3d": np.zeros((21, 3), np.float32)}
+
+    assert "has_mano_world" not in factory.LabelFractionSource(_OneHandFrames(), np.ones(3, bool))[0]
+    assert src.index.annotated.tolist() == [True, False, True]
+
+
 def test_fraction_mask_deterministic_with_expected_count():
     ann = np.arange(50) % 3 != 0  # 33 annotated
     a = samplers.annotation_fraction_mask(ann, 0.25, seed=7)
