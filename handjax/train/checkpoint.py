@@ -193,6 +193,19 @@ def read_stage_result(stage_dir: str) -> Optional[dict]:
     return result
 
 
+def _read_saved_tree(path: epath.Path) -> dict:
+    """The tree metadata (shapes, dtypes) of the saved train state item at ``path``.
+
+    Read with the item's handler, not a ``Checkpointer``: the step-level metadata file lives one
+    folder up, and a ``Checkpointer`` warns that it is missing from the item folder."""
+    reader = ocp.PyTreeCheckpointHandler()
+    try:
+        saved = reader.metadata(path)
+    finally:
+        reader.close()
+    return getattr(getattr(saved, "item_metadata", saved), "tree", saved)
+
+
 class Checkpointer:
     """Save/restore ``{state, data}`` steps under ``directory`` (local path or gs://).
 
@@ -296,10 +309,7 @@ class Checkpointer:
         """
         from handjax.models.checkpoint import check_matches
 
-        path = epath.Path(self.directory) / str(step) / "state"
-        with ocp.PyTreeCheckpointer() as reader:
-            saved = reader.metadata(path)
-        saved = getattr(getattr(saved, "item_metadata", saved), "tree", saved)
+        saved = _read_saved_tree(epath.Path(self.directory) / str(step) / "state")
         check_matches({k: saved[k] for k in target if k in saved}, target, f"checkpoint step {step} in {self.directory}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
@@ -380,9 +390,7 @@ class Checkpointer:
     def _saved_tree(self, step: int):
         """The saved train state's tree metadata of ``step``, or None when it cannot be read."""
         try:
-            with ocp.PyTreeCheckpointer() as reader:
-                saved = reader.metadata(epath.Path(self.directory) / str(step) / "state")
-            return getattr(getattr(saved, "item_metadata", saved), "tree", None)
+            return _read_saved_tree(epath.Path(self.directory) / str(step) / "state")
         except Exception:  # noqa: BLE001 -- unreadable metadata: damage
             return None
 
