@@ -135,13 +135,15 @@ def init_state(model: nnx.Module, trainable, tx) -> tuple:
     return graphdef, state
 
 
-def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None) -> int:
+def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None, trainable=nnx.Param) -> int:
     """Load the model part of a checkpoint written by ``train`` into ``model``; returns the step.
 
     Builds no optimizer: only the parameters and the other model state are read. Also accepts
     a model-only checkpoint (``handjax.models.checkpoint.save_model``, e.g. from a converter);
     then returns -1. Raises FileNotFoundError naming the directory if there is none, and
     ValueError listing the differing keys if the checkpoint does not fit ``model``.
+    ``trainable``: the ``Task.trainable`` filter the stage trained with (its checkpoint stores
+    those variables as "params" and the others as "rest").
     """
     if is_model_checkpoint(workdir):
         load_model(model, workdir)
@@ -154,7 +156,9 @@ def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None) -
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        state = ckpt.restore_subset(step, model_state(model))
+        target = (model_state(model) if trainable is nnx.Param else
+                  {"params": nnx.state(model, trainable), "rest": nnx.state(model, nnx.Not(trainable))})
+        state = ckpt.restore_subset(step, target)
     finally:
         ckpt.close()
     nnx.update(model, state["params"], state["rest"])

@@ -27,6 +27,8 @@ import numpy as np
 
 SYSTEMS = {  # name -> module defining SYSTEM
     "tempclr": "handjax.train.tempclr",
+    "personalize": "handjax.train.personalize",
+    "photometric": "handjax.train.photometric",
 }
 
 
