@@ -18,7 +18,8 @@ from typing import Callable, Dict
 _PARTS: Dict[str, Dict[str, Callable]] = {"backbone": {}, "head": {}}
 # Modules whose import registers parts; loaded before any lookup so that every name is known.
 PART_MODULES = ("handjax.models.resnet", "handjax.models.tempclr",
-                "handjax.models.hrnet")
+                "handjax.models.hrnet", "handjax.models.meshregnet", "handjax.models.interwild",
+                "handjax.models.digit")
 
 
 def _load_parts() -> None:

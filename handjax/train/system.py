@@ -27,8 +27,10 @@ import numpy as np
 
 SYSTEMS = {  # name -> module defining SYSTEM
     "tempclr": "handjax.train.tempclr",
+    "digit": "handjax.train.digit",
     "personalize": "handjax.train.personalize",
     "photometric": "handjax.train.photometric",
+    "interwild": "handjax.train.interwild",
 }
 
 

@@ -1,0 +1,61 @@
+"""InterWild's configs as an importable function (``configs/interwild.py`` documents the arguments)."""
+import ml_collections
+
+from handjax.config_utils import optim, parse_arg
+from handjax.losses.interwild import WEIGHTS
+
+
+def _schedule(num_steps: int, lr: float) -> dict:
+    """Adam, lr -> lr / 10 at 4/7 of training (upstream: 1e-4 for epochs 0-3, 1e-5 for 4-6)."""
+    o = optim(lr, 0, schedule="step", name="adam")
+    o.update(decay_steps=(num_steps * 4 // 7,), decay_rate=0.1)
+    return o
+
+
+def get_config(arg=None):
+    """InterWild's config (``configs/interwild.py`` documents the arguments)."""
+    a = parse_arg(arg, recipe="default", size="default")
+    if a.recipe not in ("default", "paper"):
+        raise ValueError(f"config argument 'recipe' must be default or paper, got {a.recipe!r}")
+    if a.size not in ("default", "tiny"):
+        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    c = ml_collections.ConfigDict()
+    c.system = "interwild"
+    c.seed = 0
+    c.stages = "train,eval"
+    c.mano = dict(model_path="", allow_builtin=False)
+    # two-hand person crops (H x 3H/4) of the built-in scenes; ih26m joint order (the dataset's own)
+    c.data = dict(name="two_hands", builder_config="default", data_dir="", image_size=128, crop="person",
+                  joint_convention="", num_workers=0,
+                  augment=dict(scale=0.1, rotation=0.0, shift=0.0, flip="random", brightness=0.2, contrast=0.2,
+                               saturation=0.2, hue=0.0))
+    # body_downsample 2 = upstream's bilinear half-size body input; hand crops hand_size^2 (features /32);
+    # TransNet heatmaps trans_hm^3 per joint with Gaussian sigma
+    c.model = dict(body_backbone="resnet18", hand_backbone="resnet18", trans_backbone="resnet18",
+                   body_downsample=2, hand_size=64, depth_bins=8, trans_hm=16, sigma=1.0, deconv_channels=64,
+                   rot_channels=64, conv_impl="auto")
+    num_steps = 400
+    c.train = dict(num_steps=num_steps, batch_size=16, init_from="", loss_weights=dict(WEIGHTS),
+                   optim=_schedule(num_steps, 1e-3), log_every=25, checkpoint_every=200, keep_checkpoints=2,
+                   summary_every=0, eval_every=0, eval_split="test", eval_batches=0)
+    c.eval = dict(split="test", batch_size=32, checkpoint="", mrrpe_frames="", baseline_batches=8,
+                  vertex_valid_key="mano_valid")  # the labels' per-hand mesh validity (B, 2)
+
+    if a.recipe == "paper":  # upstream sizes and data (GPU scale): IH26M (H+M) + COCO-WholeBody 50/50
+        c.data.update(name="interhand", image_size=512, builder_config="default")
+        c.data.mixture = [dict(name="interhand", weight=1.0), dict(name="coco_wholebody", weight=1.0)]
+        c.data.augment = dict(scale=0.25, rotation=30.0, shift=0.0, flip="random", brightness=0.2, contrast=0.2,
+                              saturation=0.2, hue=0.0)
+        c.model.update(body_backbone="resnet50", hand_backbone="resnet50", hand_size=256, trans_hm=64, sigma=2.5,
+                       deconv_channels=256, rot_channels=512)
+        num_steps = 7 * 10_000
+        c.train.update(num_steps=num_steps, batch_size=512, optim=_schedule(num_steps, 1e-4), log_every=100,
+                       checkpoint_every=5000)
+        c.eval.batch_size = 64
+    if a.size == "tiny":
+        c.data.builder_config = "tiny"
+        c.data.image_size = 32
+        c.model.update(hand_size=64, trans_hm=16, deconv_channels=8, rot_channels=8)
+        c.train.update(num_steps=2, batch_size=8, log_every=1, checkpoint_every=2, optim=_schedule(2, 1e-3))
+        c.eval.update(batch_size=8, baseline_batches=1)
+    return c

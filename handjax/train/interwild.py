@@ -1,0 +1,262 @@
+"""InterWild as a system: one training stage (both branches end to end) -> evaluation.
+
+In order: the model (registered backbones + BoxNet / PositionNet / RotationNet / TransNet of
+``handjax.models.interwild``), its loss terms (``handjax.losses.interwild``: InterWild's masks
+and full-tensor means), the stages, the evaluation (the two-hand evaluator with InterWild's
+aggregation plus box IoU; trivial baselines: the mean hand at the mean relative translation with
+a centred default box) and the predictor (the whole image is the person crop; the hands are
+found by the model).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from handjax import mano
+from handjax.losses import interwild as iw_losses
+from handjax.losses import loss_from_weights
+from handjax.models import interwild as iw
+from handjax.train.loop import Task
+from handjax.train.system import EvalStage, Predictor, System, TrainStage
+
+SIDES = ("right", "left")
+
+
+# ----------------------------------------------------------------------------- model
+def geometry(cfg) -> iw.Geometry:
+    """``data.image_size`` = person-crop height (width 3/4 of it, as the data pipelines' person crops)."""
+    m, h = cfg.model, int(cfg.data.image_size)
+    if h % 4:
+        raise ValueError(f"config key data.image_size={h}: InterWild's person crops are H x 3H/4 with H a multiple of 4")
+    return iw.Geometry(image_hw=(h, 3 * h // 4), body_downsample=int(m.body_downsample), hand_size=int(m.hand_size),
+                       depth_bins=int(m.depth_bins), trans_hm=int(m.trans_hm), sigma=float(m.sigma))
+
+
+def build_model(cfg, seed: int = 0) -> iw.InterWildModel:
+    m = cfg.model
+    return iw.InterWildModel(geometry(cfg), body_backbone=str(m.body_backbone), hand_backbone=str(m.hand_backbone),
+                             trans_backbone=str(m.trans_backbone), deconv_channels=int(m.deconv_channels),
+                             rot_channels=int(m.rot_channels), conv_impl=m.get("conv_impl", "auto"),
+                             rngs=nnx.Rngs(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _mano_pair(path: str):
+    return mano.load_model(path or None, "right"), iw.left_mano(path)
+
+
+def mano_models(cfg):
+    """(right, left) MANO layers (``mano.model_path``; empty: the built-in hand)."""
+    return _mano_pair(str(cfg.mano.model_path or ""))
+
+
+def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
+    """ImageNet-normalised crops (the datasets' and predict's) -> RGB in [0, 1] (InterWild's input)."""
+    from data_pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return images * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN)
+
+
+def forward(model, images, cfg_geometry, mano_pair):
+    """Normalised person crops -> the loss terms' prediction dict."""
+    return iw_losses.prediction(model(to_unit_range(images)), cfg_geometry, *mano_pair)
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(model, batch, rng, *, geometry, mano_pair, weights):
+    del rng
+    pred = forward(model, batch["image"], geometry, mano_pair)
+    return loss_from_weights(pred, batch, weights, geometry.image_hw[0])
+
+
+def train_task(ctx) -> Task:
+    cfg = ctx.cfg
+    loss = functools.partial(loss_fn, geometry=geometry(cfg), mano_pair=mano_models(cfg),
+                             weights=dict(ctx.stage_cfg.loss_weights))
+    return Task(build_model(cfg, seed=ctx.seed), loss)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes (..., 4) (continuous coordinates, no +1) -> (...)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    iw_ = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw_ * ih
+    area = lambda x: np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)  # noqa
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+class InterWildEvaluator:
+    """The two-hand evaluator (``rule="interwild"``, MPVPE rooted on each mesh's regressed wrist)
+    plus InterWild's box IoU: the mean over hands with a GT box (``hand_valid``) of the IoU of
+    the predicted box (``boxes`` (B, 2, 4), right then left) with ``hand_box``."""
+
+    def __init__(self, wrist_regressor, mrrpe_frames=None, vertex_valid_key: str = "mano_valid"):
+        from handjax.eval.evaluators import make_evaluator
+
+        self._two = make_evaluator("two_hand", rule="interwild", wrist_regressor=wrist_regressor,
+                                   mrrpe_frames=mrrpe_frames, label_keys={"vertex_valid": vertex_valid_key})
+        self.iou_sum, self.iou_count = 0.0, 0
+
+    def add(self, pred, labels) -> None:
+        self._two.add({k: v for k, v in pred.items() if k in ("joints", "rel_root", "vertices")}, labels)
+        if "boxes" in pred:
+            if "hand_box" not in labels:
+                raise ValueError(f"InterWild evaluator: the labels have no 'hand_box' (box IoU); they have "
+                                 f"{sorted(labels)}")
+            valid = np.asarray(labels.get("valid", np.ones(len(pred["boxes"]), bool)), bool)[:, None]
+            hv = np.asarray(labels.get("hand_valid", np.ones(valid.shape[:1] + (2,), bool)), bool) & valid
+            iou = box_iou(pred["boxes"], labels["hand_box"])
+            self.iou_sum += float(iou[hv].sum())
+            self.iou_count += int(hv.sum())
+
+    def result(self) -> Dict:
+        out = self._two.result()
+        out["box_iou"] = self.iou_sum / self.iou_count * 100.0 if self.iou_count else float("nan")
+        out["box_count"] = self.iou_count
+        return out
+
+
+TABLE_COLUMNS = ("box_iou", "mrrpe_mm", "mpvpe_all_mm", "mpvpe_single_mm", "mpvpe_interacting_mm", "mpjpe_all_mm",
+                 "mpjpe_single_mm", "mpjpe_interacting_mm")
+
+
+def _table(rows, ctx) -> str:
+    from handjax.eval.evaluators import format_table
+
+    return format_table(rows, TABLE_COLUMNS)
+
+
+def _evaluator(ctx):
+    right, _ = mano_models(ctx.cfg)
+    return InterWildEvaluator(iw.wrist_weights(right), ctx.cfg.eval.get("mrrpe_frames") or None,
+                              ctx.cfg.eval.get("vertex_valid_key", "mano_valid"))
+
+
+def eval_outputs(pred) -> Dict[str, jnp.ndarray]:
+    """The evaluator's prediction: root-relative joints (B, 42, 3) ih26m order (each hand at the
+    origin), rel_root = TransNet's relative translation, vertices (B, 2, 778, 3) root-relative,
+    boxes (B, 2, 4) person-crop pixels and their confidences (B, 2)."""
+    raw = pred["raw"]
+    b = raw["rel_trans"].shape[0]
+    return {"joints": pred["joint_cam"], "rel_root": raw["rel_trans"],
+            "vertices": pred["mesh_cam"].reshape(b, 2, -1, 3),
+            "boxes": jnp.stack([raw["rhand_bbox"], raw["lhand_bbox"]], 1),
+            "box_conf": jnp.stack([raw["rhand_conf"], raw["lhand_conf"]], 1)}
+
+
+def predict_fn(cfg):
+    g, pair = geometry(cfg), mano_models(cfg)
+
+    def predict(model, images):
+        return eval_outputs(forward(model, images, g, pair))
+
+    return predict
+
+
+def _eval_predict(ctx):
+    return predict_fn(ctx.cfg)
+
+
+def mean_hand_outputs(cfg):
+    """The MANO mean hand (relative pose 0, betas 0) of each side, root-relative: joints (42, 3)
+    ih26m order and vertices (2, 778, 3)."""
+    g, (right, left) = geometry(cfg), mano_models(cfg)
+    zeros = jnp.zeros((1, 3))
+    raw = dict(root_pose=jnp.zeros((2, 3)), hand_pose=jnp.zeros((2, 45)), shape=jnp.zeros((2, 10)),
+               root_trans=jnp.array([[0.0, 0.0, 1.0]] * 2), rel_trans=zeros, hand2orig=jnp.tile(
+                   jnp.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]), (2, 1, 1)))
+    pred = iw_losses.prediction(raw, g, right, left)
+    return np.asarray(pred["joint_cam"][0]), np.asarray(pred["mesh_cam"][0]).reshape(2, -1, 3)
+
+
+def training_statistics(ctx, batches: int):
+    """Mean GT relative translation (over frames with both wrists) and mean GT box size (w, h)
+    over ``batches`` training batches (no augmentation): the trivial baselines' constants."""
+    rel, sizes = [], []
+    it = ctx.data("train", "frame", int(ctx.cfg.eval.batch_size), False)
+    for i, batch in enumerate(it):
+        if i >= batches:
+            break
+        v = np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)), bool)
+        jv = np.asarray(batch["joint_valid"], bool)
+        both = v & jv[:, 20] & jv[:, 41]
+        rel.append(np.asarray(batch["rel_root"])[both])
+        hv = np.asarray(batch["hand_valid"], bool) & v[:, None]
+        box = np.asarray(batch["hand_box"])[hv]
+        sizes.append(box[:, 2:] - box[:, :2])
+    rel, sizes = np.concatenate(rel), np.concatenate(sizes)
+    return (rel.mean(0) if len(rel) else np.zeros(3)), (sizes.mean(0) if len(sizes) else np.ones(2))
+
+
+def baseline_fn(joints, verts, rel, box):
+    def predict(model, images):
+        del model
+        n = images.shape[0]
+        return {"joints": jnp.broadcast_to(joints, (n,) + joints.shape),
+                "rel_root": jnp.broadcast_to(rel, (n, 3)),
+                "vertices": jnp.broadcast_to(verts, (n,) + verts.shape),
+                "boxes": jnp.broadcast_to(box, (n, 2, 4))}
+
+    return predict
+
+
+def _baselines(ctx):
+    cfg = ctx.cfg
+    joints, verts = mean_hand_outputs(cfg)
+    rel, size = training_statistics(ctx, int(cfg.eval.get("baseline_batches", 4)))
+    h, w = geometry(cfg).image_hw
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    box = np.concatenate([c - size / 2, c + size / 2]).astype(np.float32)
+    return {"mean hand, mean rel. transl., centred box": baseline_fn(jnp.asarray(joints), jnp.asarray(verts),
+                                                                       jnp.asarray(rel, jnp.float32),
+                                                                       jnp.asarray(np.stack([box, box])))}
+
+
+# ----------------------------------------------------------------------------- predictor
+def predictor(cfg) -> Predictor:
+    """Whole images -> {"right", "left": HandOutput}: the square input's centre (H, 3H/4) window is
+    the person crop (``python -m handjax.predict`` crops a square around the image centre); each
+    hand in its own virtual crop camera, projected to the square input's pixels."""
+    g, pair = geometry(cfg), mano_models(cfg)
+    h, w = g.image_hw
+    x0 = (h - w) // 2
+
+    def predict(model, images):
+        raw = model(to_unit_range(images[:, :, x0:x0 + w]))
+        hands, _ = iw.decode(raw, g, *pair, convention="ih26m")
+        shift = jnp.array([[1.0, 0.0, float(x0)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        return {s: hands[s].replace(camera=shift @ hands[s].camera,
+                                    joints2d=hands[s].joints2d + jnp.array([float(x0), 0.0])) for s in SIDES}
+
+    right, left = pair
+    return Predictor(model=build_model(cfg), image_size=h, predict=predict,
+                     faces={"right": np.asarray(right.faces), "left": np.asarray(left.faces)}, sides=SIDES,
+                     finds_boxes=True, meta={"system": "interwild"})
+
+
+# ----------------------------------------------------------------------------- the system
+def _check(cfg):
+    from handjax.losses.terms import check_weights
+
+    geometry(cfg)
+    check_weights(dict(cfg.train.loss_weights), iw_losses.TERMS, "train.loss_weights")
+
+
+SYSTEM = System(
+    name="interwild",
+    stages=(
+        TrainStage("train", train_task, data={"mode": "frame"}, loss_terms=iw_losses.TERMS),
+        EvalStage("eval", model_from="train", model=lambda ctx: build_model(ctx.cfg, seed=ctx.seed),
+                  predict=_eval_predict, evaluator=_evaluator, baselines=_baselines,
+                  label=lambda ctx, trained_here: "InterWild", table=_table),
+    ),
+    predictor=predictor,
+    check=_check,
+)

@@ -1,0 +1,229 @@
+"""InterWild's math pieces against torch and hand-computed / numpy references (handjax.models.interwild,
+handjax.losses.interwild, the evaluator's box IoU). Full-model runs live in test_interwild_system.py."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import jax.numpy as jnp
+
+from handjax import mano
+from handjax.geometry import axis_angle_to_matrix
+from handjax.losses import interwild as L
+from handjax.models import interwild as iw
+from handjax.train import interwild as T
+
+
+def test_conv_transpose_matches_torch_k4_s2_p1():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)  # NCHW
+    w = rng.normal(size=(3, 6, 4, 4)).astype(np.float32)  # (in, out, kH, kW)
+    ref = F.conv_transpose2d(torch.tensor(x), torch.tensor(w), stride=2, padding=1).numpy()
+    out = iw.conv_transpose_torch(jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(w.transpose(2, 3, 0, 1)))
+    assert out.shape == (2, 10, 8, 6)
+    np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_hand_built_single_pixel():
+    # one input pixel of value 1 at (0, 0): output = kernel rows/cols 1..2 (padding 1 crops the first row/col)
+    x = np.zeros((1, 1, 1, 1), np.float32)
+    x[0, 0, 0, 0] = 1.0
+    k = np.arange(16, dtype=np.float32).reshape(4, 4)
+    out = np.asarray(iw.conv_transpose_torch(jnp.asarray(x), jnp.asarray(k[:, :, None, None])))[0, :, :, 0]
+    np.testing.assert_array_equal(out, k[1:3, 1:3])
+
+
+def test_downsample_is_torch_bilinear_half_without_antialias():
+    x = np.random.default_rng(1).uniform(size=(2, 3, 8, 6)).astype(np.float32)
+    ref = F.interpolate(torch.tensor(x), size=(4, 3), mode="bilinear", align_corners=False).numpy()
+    out = np.asarray(iw.downsample2x(jnp.asarray(x.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_soft_argmax_2d_and_3d_against_numpy():
+    rng = np.random.default_rng(2)
+    hm = rng.normal(size=(2, 5, 4, 3)).astype(np.float32) * 3  # (B, H, W, K)
+    p = np.exp(hm - hm.max((1, 2), keepdims=True))
+    p /= p.sum((1, 2), keepdims=True)
+    ref = np.stack([(p * np.arange(4)[None, None, :, None]).sum((1, 2)), (p * np.arange(5)[None, :, None, None]).sum(
+        (1, 2))], -1)
+    np.testing.assert_allclose(np.asarray(iw.soft_argmax_2d(jnp.asarray(hm))), ref, rtol=1e-5, atol=1e-5)
+    # a one-hot (very peaked) 3D heatmap at (z, y, x) = (2, 1, 3) gives exactly that position
+    h3 = np.full((1, 1, 4, 3, 5), -1e4, np.float32)
+    h3[0, 0, 2, 1, 3] = 0.0
+    np.testing.assert_allclose(np.asarray(iw.soft_argmax_3d(jnp.asarray(h3)))[0, 0], [3, 1, 2], atol=1e-5)
+
+
+def test_sample_features_is_grid_sample_align_corners_true():
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(2, 4, 6, 5)).astype(np.float32)  # NCHW
+    xy = rng.uniform(-0.5, 6.5, size=(2, 7, 2)).astype(np.float32)
+    grid = np.stack([xy[..., 0] / 4 * 2 - 1, xy[..., 1] / 5 * 2 - 1], -1)[:, :, None]
+    ref = F.grid_sample(torch.tensor(f), torch.tensor(grid), align_corners=True)[..., 0].permute(0, 2, 1).numpy()
+    out = iw.sample_features(jnp.asarray(f.transpose(0, 2, 3, 1)), jnp.asarray(xy))
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_restore_bbox_hand_computed():
+    # centre (10, 8), size (4, 2) in a 48x64 (w x h) heatmap, body 192x256: x4 -> box (32, 28, 48, 36)
+    c, s = jnp.array([[10.0, 8.0]]), jnp.array([[4.0, 2.0]])
+    np.testing.assert_allclose(np.asarray(iw.restore_bbox(c, s, (64, 48), (256, 192))), [[32, 28, 48, 36]])
+    # squared (h enlarged to w = 16) and x2: side 32 about (40, 32)
+    np.testing.assert_allclose(np.asarray(iw.restore_bbox(c, s, (64, 48), (256, 192), 1.0, 2.0)), [[24, 16, 56, 48]])
+
+
+def test_box_affine_and_crop_hand_built():
+    # box (2, 2, 6, 6) -> 8x8 crop: x' = 2 (x - 4) + 4; crop pixel (4, 4) samples image pixel (4, 4)
+    A = np.asarray(iw.box_affine(jnp.array([[2.0, 2.0, 6.0, 6.0]]), (8, 8)))[0]
+    np.testing.assert_allclose(A, [[2, 0, -4], [0, 2, -4], [0, 0, 1]], atol=1e-6)
+    img = np.random.default_rng(4).uniform(size=(1, 10, 9, 2)).astype(np.float32)
+    crop = np.asarray(iw.crop_images(jnp.asarray(img), jnp.asarray(A[None]), 8))[0]
+    # output (u, v) samples the input at ((u + 4) / 2, (v + 4) / 2): bilinear by hand
+    for u, v in [(0, 0), (3, 5), (7, 2), (4, 4)]:
+        x, y = (u + 4) / 2, (v + 4) / 2
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        tx, ty = x - x0, y - y0
+        ref = ((1 - tx) * (1 - ty) * img[0, y0, x0] + tx * (1 - ty) * img[0, y0, x0 + 1]
+               + (1 - tx) * ty * img[0, y0 + 1, x0] + tx * ty * img[0, y0 + 1, x0 + 1])
+        np.testing.assert_allclose(crop[v, u], ref, rtol=1e-5, atol=1e-6)
+    # zero padding outside the image
+    far_affine = iw.box_affine(jnp.array([[40.0, 40, 44, 44]]), (8, 8))
+    far = np.asarray(iw.crop_images(jnp.asarray(img), far_affine, 8))
+    assert np.all(far == 0)
+    np.testing.assert_allclose(np.asarray(iw.invert_affine(jnp.asarray(A[None])))[0], np.linalg.inv(A)[:2], atol=1e-6)
+
+
+def test_unmirroring_hand_built():
+    # upstream: x -> (255 - 32 x) / 32 for 256 px crops with an 8x8 grid
+    j = jnp.array([[[0.0, 1.0, 2.0], [7.96875, 3.0, 4.0]]])
+    np.testing.assert_allclose(np.asarray(iw.unmirror_joint_img(j, 256, 8)), [[[7.96875, 1, 2], [0.0, 3, 4]]])
+    # axis-angle (x, -y, -z) is the mirrored rotation M R M, M = diag(-1, 1, 1)
+    aa = jnp.array([[0.3, -1.2, 0.7, 2.0, 0.1, -0.4]])
+    un = iw.unmirror_axis_angle(aa)
+    np.testing.assert_allclose(np.asarray(un), [[0.3, 1.2, -0.7, 2.0, -0.1, 0.4]])
+    M = np.diag([-1.0, 1, 1])
+    R = np.asarray(axis_angle_to_matrix(aa.reshape(2, 3)))
+    np.testing.assert_allclose(np.asarray(axis_angle_to_matrix(un.reshape(2, 3))), M @ R @ M, atol=1e-6)
+
+
+def test_gaussian_heatmaps_channel_order_and_values():
+    c = jnp.array([[[1.0, 2.0, 0.5], [3.0, 0.0, 3.0]]])  # (B=1, J=2, xyz)
+    hm = np.asarray(iw.gaussian_heatmaps(c, 4, 1.5))  # (1, Y, X, J * Z)
+    for j in range(2):
+        for z in range(4):
+            for y in range(4):
+                for x in range(4):
+                    d2 = (x - c[0, j, 0]) ** 2 + (y - c[0, j, 1]) ** 2 + (z - c[0, j, 2]) ** 2
+                    assert abs(hm[0, y, x, j * 4 + z] - 255 * np.exp(-float(d2) / (2 * 1.5 ** 2))) < 1e-3
+
+
+def test_restore_square_and_root_translation_constant():
+    box = jnp.array([[0.0, 0.0, 4.0, 2.0], [1.0, 1.0, 2.0, 5.0]])
+    np.testing.assert_allclose(np.asarray(iw.restore_square(box)), [[0, -1, 4, 3], [-0.5, 1, 3.5, 5]])
+    g = iw.Geometry()
+    assert g.focal == 5000 and g.princpt == 128 and g.hand_grid == 8 and g.body_hm_hw == (64, 48)
+    assert g.trans_grid == 8
+    from flax import nnx
+    net = iw.RotationNet(16, g, channels=4, rngs=nnx.Rngs(0))
+    t = np.asarray(net.root_trans(jnp.array([[0.1, -0.2, 0.0]])))
+    np.testing.assert_allclose(t, [[0.1, -0.2, 11.71875 / 2]], rtol=1e-6)
+
+
+def test_rot6d_rows_convention():
+    # pytorch3d rows: a = (0, 1, 0), b = (1, 0, 0) -> R rows (0,1,0), (1,0,0), (0,0,-1): 180 deg about x+y
+    aa = np.asarray(iw.rot6d_to_axis_angle(jnp.array([[0.0, 1.0, 0.0, 1.0, 0.0, 0.0]])))[0]
+    R = np.asarray(axis_angle_to_matrix(jnp.asarray(aa)))
+    np.testing.assert_allclose(R, [[0, 1, 0], [1, 0, 0], [0, 0, -1]], atol=1e-5)
+
+
+def test_sh_joints_and_left_shapedirs_fix():
+    right, left = mano.load_model(None, "right"), iw.left_mano("")
+    verts = jnp.asarray(np.random.default_rng(5).normal(size=(1, 778, 3)).astype(np.float32))
+    j = np.asarray(iw.sh_joints(right, verts))[0]
+    np.testing.assert_allclose(j[0], np.asarray(right.J_regressor)[0] @ np.asarray(verts[0]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(j[4], np.asarray(verts[0, 745]))  # thumb tip
+    np.testing.assert_allclose(j[12], np.asarray(verts[0, 445]))  # middle tip
+    raw_left = mano.load_model(None, "left")
+    fixed = np.abs(np.asarray(raw_left.shapedirs[:, 0]) - np.asarray(right.shapedirs[:, 0])).sum() < 1
+    expected = -np.asarray(raw_left.shapedirs[:, 0]) if fixed else np.asarray(raw_left.shapedirs[:, 0])
+    np.testing.assert_array_equal(np.asarray(left.shapedirs[:, 0]), expected)
+
+
+# ----------------------------------------------------------------------------- losses
+def _pred(b=2, hand_size=64):
+    g = iw.Geometry(image_hw=(32, 24), hand_size=hand_size, trans_hm=16)
+    right, left = mano.load_model(None, "right"), iw.left_mano("")
+    rng = np.random.default_rng(6)
+    box = jnp.asarray(np.tile([[4.0, 4.0, 20.0, 20.0]], (2 * b, 1)), jnp.float32)
+    o2h = iw.box_affine(box, (hand_size, hand_size))
+    raw = dict(rhand_center=jnp.asarray(rng.normal(size=(b, 2)), jnp.float32),
+               lhand_center=jnp.asarray(rng.normal(size=(b, 2)), jnp.float32),
+               rhand_size=jnp.ones((b, 2)), lhand_size=jnp.ones((b, 2)),
+               rel_trans=jnp.asarray(rng.normal(size=(b, 3)), jnp.float32), root_pose=jnp.zeros((2 * b, 3)),
+               hand_pose=jnp.zeros((2 * b, 45)), shape=jnp.zeros((2 * b, 10)),
+               root_trans=jnp.tile(jnp.array([[0.0, 0.0, 5.0]]), (2 * b, 1)), orig2hand=o2h,
+               hand2orig=iw.invert_affine(o2h), joint_img=jnp.zeros((2 * b, 21, 3)))
+    return L.prediction(raw, g, right, left), raw, g
+
+
+def test_rel_trans_and_bbox_terms_are_full_tensor_means():
+    pred, raw, g = _pred()
+    jv = np.ones((2, 42), bool)
+    jv[1, 41] = False  # sample 1's left wrist invalid: its rel_trans is masked, but stays in the denominator
+    batch = dict(image=jnp.zeros((2, 32, 24, 3)), joint_valid=jnp.asarray(jv), rel_root=jnp.zeros((2, 3)),
+                 hand_valid=jnp.asarray([[True, True], [True, False]]),
+                 hand_box=jnp.asarray(np.tile([[[0.0, 0.0, 12.0, 16.0]]], (2, 2, 1)), jnp.float32))
+    expected = np.abs(np.asarray(raw["rel_trans"][0])).sum() / 6
+    np.testing.assert_allclose(float(L.rel_trans(pred, batch, 32)), expected, rtol=1e-6)
+    # GT centre (6, 8) px in a 32x24 crop -> heatmap (hm_h, hm_w) units
+    hm_h, hm_w = g.body_hm_hw
+    gt = np.array([6.0 * hm_w / 24, 8.0 * hm_h / 32])
+    r = np.abs(np.asarray(raw["rhand_center"]) - gt).sum() / 4  # both samples valid, mean over (2, 2)
+    l_ = np.abs(np.asarray(raw["lhand_center"])[0] - gt).sum() / 4  # sample 1's left hand masked
+    np.testing.assert_allclose(float(L.bbox_center(pred, batch, 32)), r + l_, rtol=1e-5)
+
+
+def test_mano_pose_term_compares_relative_rotations():
+    pred, raw, g = _pred()
+    right, left = pred["mano"]
+    mean_r = np.concatenate([np.zeros(3), np.asarray(right.hands_mean)])
+    mean_l = np.concatenate([np.zeros(3), np.asarray(left.hands_mean)])
+    # GT absolute pose = the mean hand: relative pose 0 = the prediction -> loss 0
+    pose = np.stack([np.stack([mean_r, mean_l])] * 2).astype(np.float32)
+    batch = dict(image=jnp.zeros((2, 32, 24, 3)), mano_pose=jnp.asarray(pose), mano_valid=jnp.ones((2, 2), bool))
+    assert float(L.mano_pose(pred, batch, 32)) < 1e-6
+    # a 90-degree root rotation on one hand of one sample: |R - I| summed / (2 * 32 * 9)
+    pose2 = pose.copy()
+    pose2[0, 0, :3] = [0, 0, np.pi / 2]
+    batch["mano_pose"] = jnp.asarray(pose2)
+    R = np.asarray(axis_angle_to_matrix(jnp.array([0.0, 0.0, np.pi / 2])))
+    np.testing.assert_allclose(float(L.mano_pose(pred, batch, 32)), np.abs(R - np.eye(3)).sum() / (2 * 32 * 9),
+                               rtol=1e-5)
+
+
+def test_joint_targets_enter_the_crop_through_orig2hand():
+    pred, raw, g = _pred(b=1)
+    # person pixel (12, 12) is the centre of box (4, 4, 20, 20): crop pixel 32 -> grid 32 / 32 = 1.0
+    xy = jnp.full((1, 42, 2), 12.0)
+    coords, inside = L.to_hand_grid(pred, xy, jnp.zeros((1, 42)))
+    np.testing.assert_allclose(np.asarray(coords)[0, 0], [1.0, 1.0, 4.0], rtol=1e-6)
+    assert bool(np.all(np.asarray(inside)))
+    coords, inside = L.to_hand_grid(pred, jnp.full((1, 42, 2), 30.0), jnp.full((1, 42), 0.2))
+    assert not np.any(np.asarray(inside))
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_box_iou_and_evaluator_iou_hand_computed():
+    a = np.array([[0.0, 0.0, 2.0, 2.0]])
+    b = np.array([[1.0, 1.0, 3.0, 3.0]])
+    np.testing.assert_allclose(T.box_iou(a, b), [1 / 7])
+    np.testing.assert_allclose(T.box_iou(a, a), [1.0])
+    np.testing.assert_allclose(T.box_iou(a, a + 5), [0.0])
+    ev = T.InterWildEvaluator(wrist_regressor=None)
+    j = np.zeros((1, 42, 3))
+    labels = dict(joints3d=j, joint_valid=np.ones((1, 42), bool), hand_type=np.array([2]),
+                  hand_box=np.stack([a, a], 1), hand_valid=np.array([[True, False]]), valid=np.array([True]))
+    ev.add(dict(joints=j, rel_root=np.zeros((1, 3)), boxes=np.stack([b, a], 1)), labels)
+    res = ev.result()
+    assert res["box_count"] == 1
+    np.testing.assert_allclose(res["box_iou"], 100 / 7)
+    assert res["mrrpe_mm"] == 0.0
