@@ -2,6 +2,8 @@
 
   python -m handjax.convert tempclr --checkpoint <TempCLR_release>/FreiHAND_model/checkpoints --out <dir>
   python -m handjax.convert torchvision-resnet --checkpoint resnet50-0676ba61.pth [--depth 50] --out <dir>
+  python -m handjax.convert idhandmesh --checkpoint checkpoint_last.pt --out <dir> [--kind baseline]
+  python -m handjax.convert interwild --checkpoint snapshot_6.pth --out <dir>
 
 Checkpoints are read with a restricted unpickler: code in a malicious pickle
 is never run (such objects become inert placeholders and are listed). The
@@ -22,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert released PyTorch checkpoints into handjax model-only (Orbax) checkpoints. "
                     "torch is not needed; MANO buffers are never copied.",
     )
-    sub = parser.add_subparsers(dest="system", required=True, metavar="{tempclr,torchvision-resnet}")
+    sub = parser.add_subparsers(dest="system", required=True,
+                                metavar="{tempclr,torchvision-resnet,idhandmesh,interwild}")
 
     t = sub.add_parser(
         "tempclr", help="TempCLR release (FreiHAND ResNet-50 or HO3D ResNet-18 model)",
@@ -50,7 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ResNet depth; detected from the keys when omitted (must agree when given)")
     r.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
 
-    for p in (t, r):
+    i = sub.add_parser(
+        "idhandmesh", help="IdHandMesh (identity-aware hand mesh) checkpoint_last.pt of a MANO-based model",
+        description="Convert an IdHandMesh checkpoint (baseline, baseline + confidence branch, or identity-aware "
+                    "model; detected from the keys) into a handjax IdHandMeshModel checkpoint. The MANO buffers "
+                    "inside are never copied: MANO comes from your own file.")
+    i.add_argument("--checkpoint", required=True, help="checkpoint_last.pt (torch.save of {'epoch', "
+                                                       "'model_state_dict', 'optimizer_state_dict', ...})")
+    i.add_argument("--kind", choices=("baseline", "confidence", "identity"), default=None,
+                   help="the model the checkpoint must hold (detected from its keys when omitted)")
+    i.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
+
+    w = sub.add_parser(
+        "interwild", help="InterWild release snapshot_<epoch>.pth (facebookresearch/InterWild)",
+        description="Convert an InterWild snapshot ({'epoch', 'network', 'optimizer'}, 'module.' prefixes) into a "
+                    "handjax InterWildModel checkpoint; every tensor is used or ignored with a reason. Evaluate it "
+                    "with --config configs/interwild.py:recipe=paper --config.stages=eval "
+                    "--config.eval.checkpoint=<out> --config.mano.model_path=<folder of MANO_RIGHT/LEFT.pkl>.")
+    w.add_argument("--checkpoint", required=True, help="snapshot_<epoch>.pth")
+    w.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
+
+    for p in (t, r, i, w):
         p.add_argument("--brief", action="store_true", help="print counts only, not one line per tensor")
     return parser
 
@@ -65,6 +88,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.system == "tempclr":
             report = convert_tempclr(args.checkpoint, args.out)
+        elif args.system == "idhandmesh":
+            from handjax.convert.idhandmesh import convert_idhandmesh
+
+            report = convert_idhandmesh(args.checkpoint, args.out, kind=args.kind)
+        elif args.system == "interwild":
+            from handjax.convert.interwild import convert_interwild
+
+            report = convert_interwild(args.checkpoint, args.out)
         else:
             report = convert_torchvision_resnet(args.checkpoint, args.out, depth=args.depth)
     except (OSError, ValueError) as e:  # missing files, unreadable checkpoints, ConversionError (lists the keys)

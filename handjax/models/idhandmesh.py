@@ -145,7 +145,7 @@ class IdHandMeshModel(nnx.Module):
     def __init__(self, *, backbone: str = "resnet50", rngs: nnx.Rngs, feature_dim: int = 1000,
                  pose_mode: str = "add", iterations: int = 3, pose_hidden: Sequence[int] = (512, 256, 128),
                  shape_head: bool = True, shape_hidden: Sequence[int] = (512, 256, 128), confidence: bool = False,
-                 heatmaps: bool = False, conv_impl: str = "auto"):
+                 conf_hidden: Sequence[int] = (), heatmaps: bool = False, conv_impl: str = "auto"):
         self.backbone = registry.build("backbone", backbone, config_key="model.backbone", rngs=rngs,
                                        conv_impl=conv_impl)
         self.fc = _torch_linear(self.backbone.num_features, feature_dim, rngs)
@@ -153,7 +153,8 @@ class IdHandMeshModel(nnx.Module):
                                    iterations=iterations, hidden=tuple(pose_hidden))
         self.shape = (registry.build("head", "mlp", dims=(feature_dim, *shape_hidden, 10), rngs=rngs)
                       if shape_head else None)
-        self.conf = registry.build("head", "mlp", dims=(feature_dim, 1), rngs=rngs) if confidence else None
+        self.conf = (registry.build("head", "mlp", dims=(feature_dim, *conf_hidden, 1), rngs=rngs) if confidence
+                     else None)  # upstream's script: conf_hidden_layers=1, a single Linear
         stem_ch = 64 * (4 if self.backbone.num_features == 2048 else 1)  # layer1 channels
         self.heatmaps = registry.build("head", "keypoint_heatmaps", in_ch=stem_ch, rngs=rngs) if heatmaps else None
 
