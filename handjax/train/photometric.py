@@ -1,0 +1,359 @@
+"""handobjectconsist (Hasson et al., CVPR 2020) as a system: sparse supervision -> photometric
+consistency over time -> evaluation.
+
+In order: the model (a registered backbone + MeshRegNet's heads, ``handjax.models.meshregnet``), the
+loss terms (``handjax.losses.photometric``: MSE on camera-space joints / object vertices, MANO priors,
+the warping term ``consist``), the stages, the evaluation (hand joints EPE, centred EPE, object vertex
+error: ``make_evaluator("hand_object")``; a table of supervised-only / control / consistency rows and a
+trivial baseline) and the system declaration.
+
+Stages (upstream's two scripts; the control run is a stage of its own so that one job prints the
+paper's comparison):
+
+* ``supervised`` (``trainmeshreg.py --fraction``): annotated frames of the labelled fraction, supervised
+  terms;
+* ``control`` (``trainmeshwarp.py --lambda_data 1 --lambda_consist 0``) and ``consistency``
+  (``trainmeshwarp.py --consist_gt_refs``): both resume from ``supervised`` and train on pairs
+  [query frame, nearest labelled frame] of the pair sampler. One step is upstream's data batch + consist
+  batch in one: ``lambda_d`` x (the supervised terms on the reference frames -- labelled, as upstream's
+  data batch -- plus the MANO priors on the queries) + ``lambda_c`` x the warping loss of the queries,
+  with upstream's ramp ``lambda_c = min(lambda_consist n / ramp, lambda_consist)`` over the first consist
+  batches (n counted in the model, ``consist_batches``) and ``lambda_d = lambda_data - lambda_c``.
+  Differences from upstream: upstream's data batch draws labelled frames uniformly, here each labelled
+  frame appears as often as it is the nearest one to a query; the ramp counter is checkpointed (upstream's
+  restarts with the process).
+* ``eval``: the consistency model, the supervised and control models restored from their stage folders,
+  and the mean of the labelled training frames (trivial baseline).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from handjax import mano
+from handjax.losses import photometric as pl
+from handjax.models import CONV_IMPLS
+from handjax.models.meshregnet import MeshRegNet, decode, model_convention
+from handjax.render import MANO_WRIST_BOUNDARY_IDS, seal_wrist
+from handjax.train import guards
+from handjax.train.loop import Task, restore_model
+from handjax.train.system import EvalStage, System, TrainStage
+
+SUPERVISED_TERMS = tuple(pl.TERMS)
+CONSIST_TERMS = SUPERVISED_TERMS + ("consist",)
+EVAL_INPUTS = ("image", "K", "object_id")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+# ----------------------------------------------------------------------------- model
+def build_model(cfg, seed: int = 0) -> MeshRegNet:
+    m = cfg.model
+    if m.get("conv_impl", "auto") not in CONV_IMPLS:
+        raise ValueError(f"config model.conv_impl must be one of {CONV_IMPLS}, got {m.conv_impl!r}")
+    return MeshRegNet(str(m.backbone), rngs=nnx.Rngs(seed), ncomps=int(m.ncomps),
+                      mano_neurons=tuple(m.mano_neurons), use_shape=bool(m.use_shape),
+                      input_norm=str(m.input_norm), conv_impl=str(m.get("conv_impl", "auto")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    """Everything the decode / losses close over (constants of the jitted steps)."""
+
+    hand_model: Any
+    convention: Any
+    object_vertices: jnp.ndarray   # (O, Vo, 3) canonical, bounding-box centred
+    object_faces: np.ndarray       # (Fo, 3) shared topology
+    hand_faces: np.ndarray         # (1538 + fan, 3) wrist-sealed hand faces
+    wrist_fan: int
+    image_hw: tuple
+    factors: dict
+
+    def decode(self, raw, K, object_id):
+        canon = self.object_vertices[object_id] if object_id is not None else None
+        return decode(raw, K, self.image_hw, self.hand_model, object_canonical=canon, convention=self.convention,
+                      **self.factors)
+
+
+def object_meshes(cfg, builder_dir: str) -> dict:
+    """The known objects' canonical meshes of the configured dataset (the built-in ``hand_object`` scenes)."""
+    name = cfg.data.name
+    if name != "hand_object":
+        raise ValueError(f"config key data.name={name!r}: the photometric system reads its known object meshes from "
+                         f"the built-in 'hand_object' dataset only so far (FPHAB / HO3D object meshes are not "
+                         f"wired in yet)")
+    from data_pipelines.hand_object import load_object_meshes
+
+    return load_object_meshes(builder_dir)
+
+
+def make_parts(cfg, builder_dir: str) -> Parts:
+    hand = mano.load_model(cfg.mano.model_path or None, "right")
+    meshes = object_meshes(cfg, builder_dir)
+    _, sealed = seal_wrist(hand.v_template, np.asarray(hand.faces), MANO_WRIST_BOUNDARY_IDS)
+    m = cfg.model
+    size = int(cfg.data.image_size)
+    return Parts(hand_model=hand, convention=model_convention(str(m.tips)),
+                 object_vertices=jnp.asarray(meshes["vertices"]), object_faces=np.asarray(meshes["faces"]),
+                 hand_faces=np.asarray(sealed), wrist_fan=len(MANO_WRIST_BOUNDARY_IDS), image_hw=(size, size),
+                 factors=dict(trans_factor=float(m.trans_factor), scale_factor=float(m.scale_factor),
+                              depth_offset=float(m.depth_offset)))
+
+
+def _parts(ctx) -> Parts:
+    return make_parts(ctx.cfg, ctx.data.builder_dir)
+
+
+def forward(model, parts: Parts, images, K, object_id, freeze_bn: bool = False):
+    """images (B, H, W, 3) ImageNet-normalised, K (B, 3, 3), object_id (B,) -> MeshRegOutput."""
+    if freeze_bn:  # upstream --freeze_batchnorm: BatchNorm uses its running (ImageNet) statistics in training
+        model.backbone.eval()
+    return parts.decode(model(images), K, object_id)
+
+
+# ----------------------------------------------------------------------------- losses
+def supervised_loss(model, batch, rng, *, parts: Parts, weights: dict, freeze_bn: bool):
+    """Upstream's MeshRegNet loss on a frame batch (only labelled samples carry the data terms)."""
+    del rng
+    out = forward(model, parts, batch["image"], batch["K"], batch["object_id"], freeze_bn)
+    return pl.weighted_terms(out, batch, weights)
+
+
+def _frames(batch, i: int) -> dict:
+    return {k: v[:, i] for k, v in batch.items() if v.ndim >= 2 and v.shape[1] == 2}
+
+
+def to_unit_range(images):
+    """ImageNet-normalised images -> upstream's [-0.5, 0.5] intensities."""
+    return images * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN) - 0.5
+
+
+def consistency_loss(model, batch, rng, *, parts: Parts, weights: dict, freeze_bn: bool, consist: dict):
+    """One step on a pair batch (B, 2, ...): element 0 the query, 1 its nearest labelled frame (see the module
+    docstring for the weighting)."""
+    del rng
+    b = batch["image"].shape[0]
+    flat = {k: v.reshape((2 * b,) + v.shape[2:]) for k, v in batch.items() if v.ndim >= 2 and v.shape[1] == 2}
+    out = forward(model, parts, flat["image"], flat["K"], flat["object_id"], freeze_bn)
+    take = lambda x, i: None if x is None else x.reshape((b, 2) + x.shape[1:])[:, i]  # noqa: E731
+    out_q, out_r = (jax.tree.map(lambda x, i=i: take(x, i), out) for i in (0, 1))
+    query, ref = _frames(batch, 0), _frames(batch, 1)
+    sup, used = pl.weighted_terms(out_r, ref, weights)
+    reg, _ = pl.weighted_terms(out_q, query, weights, pl.REGULARISERS)
+    n = model.consist_batches[...]
+    model.consist_batches[...] = n + 1
+    lam = float(weights.get("consist", 0.0))
+    lam_c = pl.consist_weight(n, lam, int(consist["ramp_steps"]))
+    lam_d = float(consist["lambda_data"]) - lam_c
+    total = lam_d * (sup + reg)
+    metrics = dict(used, lambda_consist=lam_c)
+    if lam:
+        q_verts, q_faces, ignore = pl.hand_object_mesh(out_q.hand.vertices, out_q.object.vertices, parts.hand_faces,
+                                                       parts.object_faces, parts.wrist_fan)
+        if consist["gt_refs"]:
+            r_hand, r_obj = ref["vertices"], ref["object_vertices"]
+        else:
+            r_hand, r_obj = out_r.hand.vertices, out_r.object.vertices
+        r_verts, _, _ = pl.hand_object_mesh(r_hand, r_obj, parts.hand_faces, parts.object_faces, parts.wrist_fan)
+        skip = query["annotated"] if consist["skip_annotated_queries"] else None
+        result = pl.photometric_consistency(
+            q_verts, jax.lax.stop_gradient(r_verts), q_faces, ignore, query["K"], ref["K"],
+            to_unit_range(query["image"]), to_unit_range(ref["image"]), pixel_center=float(consist["pixel_center"]),
+            upstream_grid=bool(consist["upstream_grid"]), occlusion_threshold=float(consist["occlusion_threshold"]),
+            skip=skip)
+        warp_loss = jnp.mean(result.loss)
+        total = total + lam_c * warp_loss
+        metrics.update(consist=warp_loss, **pl.summary_stats(result))
+    return total, metrics
+
+
+# ----------------------------------------------------------------------------- stages
+def _weights(ctx) -> dict:
+    return dict(ctx.stage_cfg.loss_weights)
+
+
+def supervised_task(ctx) -> Task:
+    loss = functools.partial(supervised_loss, parts=_parts(ctx), weights=_weights(ctx),
+                             freeze_bn=bool(ctx.cfg.model.freeze_bn))
+    return Task(build_model(ctx.cfg, seed=ctx.seed), loss)
+
+
+def consistency_task(ctx) -> Task:
+    s = ctx.stage_cfg
+    consist = dict(lambda_data=float(s.lambda_data), ramp_steps=int(s.ramp_steps), gt_refs=bool(s.gt_refs),
+                   skip_annotated_queries=bool(s.skip_annotated_queries), pixel_center=float(s.pixel_center),
+                   upstream_grid=bool(s.upstream_grid), occlusion_threshold=float(s.occlusion_threshold))
+    loss = functools.partial(consistency_loss, parts=_parts(ctx), weights=_weights(ctx),
+                             freeze_bn=bool(ctx.cfg.model.freeze_bn), consist=consist)
+    return Task(build_model(ctx.cfg, seed=ctx.seed), loss)
+
+
+def _fraction(ctx) -> float:
+    """``sparse.fraction``: the labelled fraction of the annotated training frames (upstream's --fraction)."""
+    return float(ctx.cfg.sparse.fraction)
+
+
+def _labels(ctx) -> dict:
+    """The labelled-frame selection every stage shares: ``sparse.fraction`` chosen with ``sparse.fraction_seed``
+    (None: the run's seed)."""
+    return {"fraction": _fraction(ctx), "fraction_seed": ctx.cfg.sparse.get("fraction_seed")}
+
+
+def _supervised_data(ctx):
+    return {"mode": "frame", "annotated_only": True, **_labels(ctx)}
+
+
+def _pair_data(ctx):
+    return {"mode": "pair", "max_distance": ctx.cfg.sparse.get("max_distance"), "unannotated_only": False,
+            **_labels(ctx)}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def predict_fn(parts: Parts):
+    """jit-able (model, {"image", "K", "object_id"}) -> hand joints (dataset order = manopth's), object vertices."""
+
+    def predict(model, inputs):
+        out = parts.decode(model(inputs["image"]), inputs["K"], inputs["object_id"])
+        return {"joints": out.hand.joints, "object_vertices": out.object.vertices,
+                "joints2d": out.hand.joints2d, "object_vertices2d": out.object.vertices2d}
+
+    return predict
+
+
+def mean_baseline(ctx, parts: Parts):
+    """Trivial baseline: the mean camera-space hand joints of the labelled training frames, and the known object
+    in its canonical orientation at their mean object position."""
+    batches = ctx.data(split="train", mode="frame", batch_size=int(ctx.stage_cfg.batch_size), train=False, seed=0,
+                       annotated_only=True, **_labels(ctx))
+    joints, transl = [], []
+    for batch in batches:
+        keep = np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool))) & np.asarray(batch["annotated"])
+        joints.append(np.asarray(batch["joints3d"])[keep])
+        transl.append(np.asarray(batch["object_transl"])[keep])
+    if not joints or not sum(len(j) for j in joints):
+        raise ValueError(f"the labelled fraction sparse.fraction={_fraction(ctx)} leaves no labelled training frame")
+    mean_j = jnp.asarray(np.concatenate(joints).mean(0))
+    mean_t = jnp.asarray(np.concatenate(transl).mean(0))
+
+    def predict(model, inputs):
+        del model
+        n = inputs["image"].shape[0]
+        obj = parts.object_vertices[inputs["object_id"]] + mean_t
+        return {"joints": jnp.broadcast_to(mean_j, (n,) + mean_j.shape), "object_vertices": obj}
+
+    return predict
+
+
+def _restored_predict(ctx, parts: Parts, stage: str):
+    model = build_model(ctx.cfg)
+    restore_model(model, os.path.join(ctx.workdir, stage))
+    model.eval()
+    predict = predict_fn(parts)
+    return lambda _model, inputs: predict(model, inputs)
+
+
+def _has_checkpoint(ctx, stage: str) -> bool:
+    return os.path.isdir(os.path.join(ctx.workdir, stage, "checkpoints"))
+
+
+ROWS = {"supervised": "supervised only", "control": "continued without consistency (control)",
+        "consistency": "continued with consistency"}
+
+
+def _baselines(ctx):
+    parts = _parts(ctx)
+    rows = {"mean labelled pose (trivial)": mean_baseline(ctx, parts)}
+    for stage in ("supervised", "control"):
+        if _has_checkpoint(ctx, stage):
+            rows[ROWS[stage]] = _restored_predict(ctx, parts, stage)
+        elif jax.process_index() == 0:
+            print(f"[eval] no {stage!r} checkpoint in {ctx.workdir}: the row {ROWS[stage]!r} is left out of the "
+                  f"table (run that stage in this workdir to get it)", flush=True)
+    return rows
+
+
+class HandObjectEvaluator:
+    """``make_evaluator("hand_object")`` (3D hand joints, centred joints, object vertices; upstream's
+    ``joints3d`` / ``joints3d_cent`` / ``objverts3d_mepe_trans``) plus upstream's 2D errors in pixels of the
+    network's input frame (the whole frame: the original pixels when ``data.image_size`` is the stored size):
+    ``joints2d_epe_px`` (predicted ``joints2d`` vs the labels' ``joints2d``) and ``objverts2d_mepe_px``
+    (``object_vertices2d`` vs the labelled object vertices projected with ``K``), means over the evaluated
+    samples; NaN for a model that predicts no 2D (the trivial baseline)."""
+
+    def __init__(self):
+        from handjax.eval.evaluators import make_evaluator
+
+        self.inner = make_evaluator("hand_object", center=9)
+        self.errors = {"joints2d_epe_px": [], "objverts2d_mepe_px": []}
+
+    def add(self, pred, labels) -> None:
+        self.inner.add(pred, labels)
+        n = len(labels["valid"])
+        valid = np.asarray(labels["valid"], bool)
+        flag = lambda key: np.asarray(labels.get(key, np.ones(n, bool)), bool).reshape(n)  # noqa: E731
+        if "joints2d" in pred:
+            err = np.linalg.norm(np.asarray(pred["joints2d"]) - np.asarray(labels["joints2d"]), axis=-1).mean(-1)
+            self.errors["joints2d_epe_px"].append(err[valid & flag("has_joints2d")])
+        if "object_vertices2d" in pred:
+            gt = np.einsum("bij,bvj->bvi", np.asarray(labels["K"], np.float64), np.asarray(labels["object_vertices"]))
+            gt = gt[..., :2] / gt[..., 2:]
+            err = np.linalg.norm(np.asarray(pred["object_vertices2d"]) - gt, axis=-1).mean(-1)
+            self.errors["objverts2d_mepe_px"].append(err[valid & flag("has_object")])
+
+    def result(self) -> dict:
+        out = dict(self.inner.result())
+        for key, parts in self.errors.items():
+            values = np.concatenate(parts) if parts else np.zeros(0)
+            out[key] = float(values.mean()) if len(values) else float("nan")
+        return out
+
+
+def _evaluator(ctx):
+    return HandObjectEvaluator()
+
+
+TABLE_COLUMNS = ("joints3d_epe_mm", "joints3d_cent_epe_mm", "joints3d_auc", "joints3d_cent_auc", "joints2d_epe_px",
+                 "objverts3d_mepe_mm", "objverts2d_mepe_px")
+
+
+def _table(rows, ctx) -> str:
+    from handjax.eval.evaluators import format_table
+
+    return (f"handobjectconsist on {ctx.cfg.data.name}, labelled fraction {_fraction(ctx)} of the annotated frames\n"
+            + format_table(rows, TABLE_COLUMNS))
+
+
+def _label(ctx, trained_here: bool) -> str:
+    return ROWS["consistency"]
+
+
+# ----------------------------------------------------------------------------- the system
+def _check(cfg):
+    guards.require_real_mano(cfg, ("supervised", "control", "consistency", "eval"))
+    guards.require_video(cfg, {s: "photometric consistency pairs a query with the nearest labelled frame of its video"
+                               for s in ("control", "consistency")})
+    if not 0.0 < float(cfg.sparse.fraction) <= 1.0:
+        raise ValueError(f"config key sparse.fraction={cfg.sparse.fraction}: must lie in (0, 1]")
+
+
+SYSTEM = System(
+    name="photometric",
+    stages=(
+        TrainStage("supervised", supervised_task, data=_supervised_data, loss_terms=SUPERVISED_TERMS),
+        TrainStage("control", consistency_task, data=_pair_data, init_from="supervised", loss_terms=CONSIST_TERMS),
+        TrainStage("consistency", consistency_task, data=_pair_data, init_from="supervised",
+                   loss_terms=CONSIST_TERMS),
+        EvalStage("eval", model_from="consistency", model=lambda ctx: build_model(ctx.cfg),
+                  predict=lambda ctx: predict_fn(_parts(ctx)), evaluator=_evaluator, baselines=_baselines,
+                  label=_label, table=_table, inputs=EVAL_INPUTS),
+    ),
+    predictor=None,
+    check=_check,
+)
