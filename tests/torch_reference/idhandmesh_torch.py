@@ -44,13 +44,21 @@ def matrix_to_rotation_6d(m: torch.Tensor) -> torch.Tensor:
     return m[..., :2, :].clone().reshape(m.shape[:-2] + (6,))
 
 
+def _sqrt_positive_part(x: torch.Tensor) -> torch.Tensor:
+    """sqrt(max(0, x)) with a zero (not infinite) gradient where x <= 0, as pytorch3d."""
+    out = torch.zeros_like(x)
+    positive = x > 0
+    out[positive] = torch.sqrt(x[positive])
+    return out
+
+
 def matrix_to_quaternion(m: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) -> (..., 4) (w, x, y, z): the best-conditioned of the four candidate formulas."""
     m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
     m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
     m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    q_abs = torch.sqrt(torch.clamp(torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
-                                                1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1), min=0.0))
+    q_abs = _sqrt_positive_part(torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22,
+                                             1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1))
     cands = torch.stack([
         torch.stack([q_abs[..., 0] ** 2, m21 - m12, m02 - m20, m10 - m01], -1),
         torch.stack([m21 - m12, q_abs[..., 1] ** 2, m10 + m01, m02 + m20], -1),
