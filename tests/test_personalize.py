@@ -257,3 +257,25 @@ def test_fit_recovers_pose_from_exact_keypoints_per_image(synthetic_hands):
     np.testing.assert_array_equal(np.asarray(p1[1]), np.asarray(pose[1]))
     np.testing.assert_array_equal(np.asarray(t1[1]), np.asarray(transl[1]))
     assert not np.allclose(np.asarray(t1[0]), np.asarray(transl[0]))
+
+
+# ----------------------------------------------------------------------------- config checks
+def test_config_checks_name_their_keys():
+    from handjax.configs.personalize import get_config
+    from handjax.train.personalize import _check
+
+    _check(get_config("size=tiny"))
+    for arg, key, value, match in (
+            ("size=tiny", "calibrate.methods", ("mean", "median"), "calibrate.methods"),
+            ("size=tiny", "calibrate.top_fraction", 1.5, "calibrate.top_fraction"),
+            ("size=tiny", "optimize.keypoints", "centroid", "optimize.keypoints"),
+            ("size=tiny", "data.joint_convention", "freihand", "data.joint_convention"),
+            ("recipe=dexycb", None, None, "mano.model_path")):
+        cfg = get_config(arg)
+        if key:
+            section, name = key.split(".")
+            cfg[section][name] = value
+        with pytest.raises(ValueError, match=match):
+            _check(cfg)
+    with pytest.raises(ValueError, match="recipe"):
+        get_config("recipe=humbi")

@@ -43,7 +43,9 @@ def get_config(arg=None):
     c.eval = dict()
     if a.recipe == "dexycb":  # upstream scale (GPU): ResNet-50, 224 crops, 16 epochs, lr 1e-4 -> 1e-5 -> 1e-6
         c.data.update(name="dexycb", builder_config="s1", image_size=224)
-        c.data.augment.update(scale=0.0, shift=0.0, crop_from="bbox", bbox_pad=2.0)
+        # upstream drops left-hand sequences; the factory has no side filter, so left hands are mirrored into
+        # right ones instead (train and test), and images are ImageNet-normalised, not (x / 255 - 0.5) / 0.5
+        c.data.augment.update(scale=0.0, shift=0.0, crop_from="bbox", bbox_pad=2.0, flip="left_to_right")
         c.data.eval_crop = dict(crop_from="bbox", bbox_pad=2.0)
         c.model.update(backbone="resnet50", feature_dim=1000, heatmap_sigma=1.75)
         steps_per_epoch = 4000  # ~ s1 train right-hand frames / 32; set from the built split
