@@ -152,7 +152,7 @@ def _validation_fn(system: System, ctx: StageContext):
     def validate(model):
         batches = ctx.data(split=split, mode="frame", batch_size=batch, train=False, seed=0)
         out = evaluate(predict, model, batches, ctx.mesh, ev_stage.evaluator(ev_ctx), max_batches=max_batches,
-                       inputs=ev_stage.inputs)
+                       inputs=eval_inputs(ev_stage, ev_ctx))
         return {k: float(v) for k, v in out.items() if isinstance(v, (int, float))}
 
     return validate
@@ -187,6 +187,12 @@ def _train_iter(stage: TrainStage, ctx: StageContext):
                 train=True, seed=ctx.seed, **request)
 
 
+def eval_inputs(stage: EvalStage, ctx: StageContext) -> tuple:
+    """The batch keys an evaluation stage predicts from: ``stage.inputs``, or ``stage.inputs(ctx)``
+    when they depend on the config (e.g. DIGIT's root depths: ground truth or RootNet)."""
+    return tuple(stage.inputs(ctx) if callable(stage.inputs) else stage.inputs)
+
+
 def _run_eval(system, stage: EvalStage, ctx: StageContext, job, models) -> dict:
     trained_here = stage.model_from in models
     if trained_here:
@@ -199,10 +205,12 @@ def _run_eval(system, stage: EvalStage, ctx: StageContext, job, models) -> dict:
                                     seed=0)
     rows: Dict[str, dict] = {}
     for row, baseline in stage.baselines(ctx).items():
-        rows[row] = evaluate(baseline, None, make_batches(), ctx.mesh, stage.evaluator(ctx), inputs=stage.inputs)
+        rows[row] = evaluate(baseline, None, make_batches(), ctx.mesh, stage.evaluator(ctx),
+                             inputs=eval_inputs(stage, ctx))
     collectors = list(stage.collectors(ctx))
     rows[stage.label(ctx, trained_here)] = evaluate(stage.predict(ctx), model, make_batches(), ctx.mesh,
-                                                    stage.evaluator(ctx), collectors, inputs=stage.inputs)
+                                                    stage.evaluator(ctx), collectors,
+                                                    inputs=eval_inputs(stage, ctx))
     if jax.process_index() == 0:
         table = stage.table(rows, ctx) if stage.table is not None else _default_table(rows)
         print(table, flush=True)
