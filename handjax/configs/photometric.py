@@ -42,7 +42,7 @@ def get_config(arg=None):
     # 0.3-0.7 m; the built-in 64x64 frames (f ~ 35-45 px, depths 0.3-0.9 m) get factors of the same reach
     c.model = dict(backbone="resnet18", ncomps=15, mano_neurons=(512, 512), use_shape=True, input_norm="mean0.5",
                    tips="freihand", trans_factor=20.0, scale_factor=0.005, depth_offset=0.55, freeze_bn=False,
-                   conv_impl="auto")
+                   conv_impl="auto", fhb_adaptor=False)
     common = dict(log_every=25, checkpoint_every=200, keep_checkpoints=2, summary_every=0)
     c.supervised = dict(num_steps=600, batch_size=16, init_from="", loss_weights=dict(UPSTREAM_WEIGHTS),
                         optim=optim(5e-4, 30), **common)
@@ -59,7 +59,7 @@ def get_config(arg=None):
         c.data.augment.update(brightness=0.5, contrast=0.5, saturation=0.5, hue=0.15)
         c.sparse.fraction = 0.00625
         c.sparse.max_distance = 80
-        c.model.update(tips="manopth", freeze_bn=True, **UPSTREAM_PLACEMENT)
+        c.model.update(tips="manopth", freeze_bn=True, fhb_adaptor=a.recipe == "fphab", **UPSTREAM_PLACEMENT)
         c.supervised.update(num_steps=200_000, batch_size=8, log_every=100, checkpoint_every=5000)
         c.supervised.optim = optim(5e-5, 0, "constant")
         for stage in (c.control, c.consistency):

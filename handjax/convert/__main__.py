@@ -4,6 +4,7 @@
   python -m handjax.convert torchvision-resnet --checkpoint resnet50-0676ba61.pth [--depth 50] --out <dir>
   python -m handjax.convert idhandmesh --checkpoint checkpoint_last.pt --out <dir> [--kind baseline]
   python -m handjax.convert interwild --checkpoint snapshot_6.pth --out <dir>
+  python -m handjax.convert handobjectconsist --checkpoint releasemodels/fphab/.../checkpoint_200.pth --out <dir>
 
 Checkpoints are read with a restricted unpickler: code in a malicious pickle
 is never run (such objects become inert placeholders and are listed). The
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "torch is not needed; MANO buffers are never copied.",
     )
     sub = parser.add_subparsers(dest="system", required=True,
-                                metavar="{tempclr,torchvision-resnet,idhandmesh,interwild}")
+                                metavar="{tempclr,torchvision-resnet,idhandmesh,interwild,handobjectconsist}")
 
     t = sub.add_parser(
         "tempclr", help="TempCLR release (FreiHAND ResNet-50 or HO3D ResNet-18 model)",
@@ -73,7 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--checkpoint", required=True, help="snapshot_<epoch>.pth")
     w.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
 
-    for p in (t, r, i, w):
+    h = sub.add_parser(
+        "handobjectconsist", help="handobjectconsist release checkpoint_<epoch>.pth (hassony2/handobjectconsist)",
+        description="Convert a handobjectconsist (libyana) checkpoint ({'epoch', 'network', 'state_dict', "
+                    "'optimizer', 'scheduler'}; the pickled scheduler stays an inert placeholder) into a handjax "
+                    "MeshRegNet checkpoint, the frozen FPHAB adaptor included; MANO buffers are never copied. "
+                    "Evaluate it with --config configs/photometric.py:recipe=fphab --config.stages=eval "
+                    "--config.eval.checkpoint=<out> --config.mano.model_path=<your MANO_RIGHT.pkl>.")
+    h.add_argument("--checkpoint", required=True, help="checkpoint_<epoch>.pth (or checkpoint.pth / model_best.pth)")
+    h.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
+
+    for p in (t, r, i, w, h):
         p.add_argument("--brief", action="store_true", help="print counts only, not one line per tensor")
     return parser
 
@@ -92,6 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from handjax.convert.idhandmesh import convert_idhandmesh
 
             report = convert_idhandmesh(args.checkpoint, args.out, kind=args.kind)
+        elif args.system == "handobjectconsist":
+            from handjax.convert.handobjectconsist import convert_handobjectconsist
+
+            report = convert_handobjectconsist(args.checkpoint, args.out)
         elif args.system == "interwild":
             from handjax.convert.interwild import convert_interwild
 

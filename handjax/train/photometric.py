@@ -58,9 +58,16 @@ def build_model(cfg, seed: int = 0) -> MeshRegNet:
     m = cfg.model
     if m.get("conv_impl", "auto") not in CONV_IMPLS:
         raise ValueError(f"config model.conv_impl must be one of {CONV_IMPLS}, got {m.conv_impl!r}")
+    # FPHAB skeleton adaptor: a frozen (21, 778) vertex -> joint regressor whose values come from the checkpoint
+    adaptor = jnp.zeros((21, 778), jnp.float32) if m.get("fhb_adaptor", False) else None
     return MeshRegNet(str(m.backbone), rngs=nnx.Rngs(seed), ncomps=int(m.ncomps),
                       mano_neurons=tuple(m.mano_neurons), use_shape=bool(m.use_shape),
-                      input_norm=str(m.input_norm), conv_impl=str(m.get("conv_impl", "auto")))
+                      input_norm=str(m.input_norm), conv_impl=str(m.get("conv_impl", "auto")), adaptor=adaptor)
+
+
+def adaptor_of(model: MeshRegNet):
+    """The model's frozen FPHAB adaptor (21, 778), or None."""
+    return None if model.adaptor is None else model.adaptor[...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +83,10 @@ class Parts:
     image_hw: tuple
     factors: dict
 
-    def decode(self, raw, K, object_id):
+    def decode(self, raw, K, object_id, adaptor=None):
         canon = self.object_vertices[object_id] if object_id is not None else None
         return decode(raw, K, self.image_hw, self.hand_model, object_canonical=canon, convention=self.convention,
-                      **self.factors)
+                      adaptor=adaptor, **self.factors)
 
 
 def object_meshes(cfg, builder_dir: str) -> dict:
@@ -115,7 +122,7 @@ def forward(model, parts: Parts, images, K, object_id, freeze_bn: bool = False):
     """images (B, H, W, 3) ImageNet-normalised, K (B, 3, 3), object_id (B,) -> MeshRegOutput."""
     if freeze_bn:  # upstream --freeze_batchnorm: BatchNorm uses its running (ImageNet) statistics in training
         model.backbone.eval()
-    return parts.decode(model(images), K, object_id)
+    return parts.decode(model(images), K, object_id, adaptor_of(model))
 
 
 # ----------------------------------------------------------------------------- losses
@@ -220,7 +227,7 @@ def predict_fn(parts: Parts):
     """jit-able (model, {"image", "K", "object_id"}) -> hand joints (dataset order = manopth's), object vertices."""
 
     def predict(model, inputs):
-        out = parts.decode(model(inputs["image"]), inputs["K"], inputs["object_id"])
+        out = parts.decode(model(inputs["image"]), inputs["K"], inputs["object_id"], adaptor_of(model))
         return {"joints": out.hand.joints, "object_vertices": out.object.vertices,
                 "joints2d": out.hand.joints2d, "object_vertices2d": out.object.vertices2d}
 
@@ -341,6 +348,13 @@ def _check(cfg):
                                for s in ("control", "consistency")})
     if not 0.0 < float(cfg.sparse.fraction) <= 1.0:
         raise ValueError(f"config key sparse.fraction={cfg.sparse.fraction}: must lie in (0, 1]")
+    if cfg.model.get("fhb_adaptor", False):
+        fresh = [s for s in ("supervised",) if s in guards.job_stages(cfg) and not cfg.supervised.get("init_from")]
+        if fresh:
+            raise ValueError("config key model.fhb_adaptor=True: the FPHAB skeleton adaptor's weights come from a "
+                             "converted release (python -m handjax.convert handobjectconsist; set "
+                             "supervised.init_from / eval.checkpoint to it); reading upstream's "
+                             "assets/mano/fhb_skel_centeridx9.pkl to train from scratch is not wired in yet")
 
 
 SYSTEM = System(
