@@ -49,6 +49,11 @@ def test_tiny_run_prints_the_table_and_writes_the_calibration(tiny_run):
     assert len(cal["betas"]["mean"]) == 2 and all(len(b) == 10 for b in cal["betas"]["mean"].values())
     curve = json.loads((work / "calibrate" / "curve.json").read_text())
     assert curve["n"] == [1, 2, 4] and len(curve["topk"]["mpvpe_mm"]) == 3
+    assert set(curve["reference"]) == {"shape_error", "mpvpe_mm"}
+    ref_gt = curve["reference"]["mpvpe_mm"]["GT betas"]  # the same quantity as the table's GT-betas row
+    np.testing.assert_allclose(ref_gt, table["identity-aware, GT betas"]["mpvpe_mm"], rtol=1e-4)
+    per_image = json.loads((work / "calibrate" / "calibration.json").read_text())["metrics"]["shape_error_per_image"]
+    np.testing.assert_allclose(curve["reference"]["shape_error"]["per-image betas (baseline)"], per_image, rtol=1e-6)
     assert (work / "calibration_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fits = np.load(work / "optimize" / "fits.npz")
     assert fits["0_energy"].shape[1] == 5 + 3  # tiny: 5 translation + 3 pose iterations, every one recorded

@@ -217,6 +217,11 @@ def calibration_curve(pred, hand, methods, ns, repeats: int, seed: int, kw) -> d
     beta_gt|) and the identity-aware model's root-relative MPVPE (mm) with those betas."""
     gt = _subject_gt(pred)
     out = {"n": list(ns), **{m: {"shape_error": [], "mpvpe_mm": []} for m in methods}}
+    j, v = mesh_rows(hand, pred["identity_pose"], pred["gt_betas"], pred["gt_transl"])
+    per_image = np.abs(pred["baseline_betas"] - pred["gt_betas"]).mean(-1)
+    per_subject = [per_image[pred["subject"] == s].mean() for s in gt]  # weighted as _shape_error: per subject
+    out["reference"] = {"shape_error": {"per-image betas (baseline)": float(np.mean(per_subject))},
+                        "mpvpe_mm": {"GT betas": _mpvpe_mm(j, v, pred)}}
     for n in ns:
         errs = {m: [] for m in methods}
         mpvpe = {m: [] for m in methods}
@@ -253,11 +258,13 @@ def plot_curve(curve: dict, path: str, panel=(360, 260)) -> None:
     img = Image.new("RGB", (2 * w, h), "white")
     draw = ImageDraw.Draw(img)
     ns = np.log(np.asarray(curve["n"], np.float64))
-    methods = [k for k in curve if k != "n"]
+    methods = [k for k in curve if k not in ("n", "reference")]
+    refs = curve.get("reference", {})
     for p, (key, title) in enumerate((("shape_error", "shape error |beta - beta_gt| vs N"),
                                       ("mpvpe_mm", "MPVPE (mm), identity-aware, vs N"))):
         x0, y0, x1, y1 = p * w + 50, 30, p * w + w - 15, h - 40
-        values = np.asarray([curve[m][key] for m in methods], np.float64)
+        values = np.asarray([x for m in methods for x in curve[m][key]] + list(refs.get(key, {}).values()),
+                            np.float64)
         lo, hi = float(values.min()), float(values.max())
         hi = hi if hi > lo else lo + 1.0
         sx = lambda v: x0 + (v - ns[0]) / max(ns[-1] - ns[0], 1e-9) * (x1 - x0)
@@ -269,6 +276,11 @@ def plot_curve(curve: dict, path: str, panel=(360, 260)) -> None:
         for n, lx in zip(curve["n"], ns):
             draw.text((sx(lx) - 4, y1 + 4), str(n), fill="black")
         draw.text((x0 + (x1 - x0) // 2 - 10, y1 + 20), "N", fill="black")
+        for k, (label, value) in enumerate(refs.get(key, {}).items()):  # dashed grey reference lines
+            y = sy(value)
+            for xa in range(int(x0), int(x1), 8):
+                draw.line([(xa, y), (min(xa + 4, x1), y)], fill=(120, 120, 120), width=1)
+            draw.text((x0 + 4, y - 12 if y - 12 > y0 else y + 2), label, fill=(90, 90, 90))
         for k, m in enumerate(methods):
             pts = [(sx(a), sy(b)) for a, b in zip(ns, curve[m][key])]
             draw.line(pts, fill=COLOURS.get(m, (0, 0, 0)), width=2)
