@@ -103,3 +103,29 @@ def test_ground_truth_is_the_datasets_meshes(tiny_run):
                                atol=1e-6)
     np.testing.assert_array_equal(pred["subject"], np.concatenate(subjects))
     assert len(np.unique(pred["subject"])) == 2 and np.all(np.isfinite(pred["conf"]))
+
+
+def test_predict_with_a_subject_shape(tiny_run, tmp_path):
+    """python -m handjax.predict on two test crops with the baseline checkpoint and a calibrated subject shape."""
+    from PIL import Image
+
+    work, data, _ = tiny_run
+    cal = json.loads((work / "calibrate" / "calibration.json").read_text())
+    subject, betas = next(iter(cal["betas"]["mean"].items()))
+    (tmp_path / "shape.json").write_text(json.dumps({"betas": betas}))
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "handjax.predict", "--config", "configs/personalize.py:size=tiny",
+                        "--checkpoint", str(work / "baseline"), "--images", str(tmp_path / "img0.png"),
+                        "--images", str(tmp_path / "img1.png"), "--out", str(tmp_path / "out"), "--batch_size", "2",
+                        f"--config.predict.subject_shape={tmp_path / 'shape.json'}", "--noprogress"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for i in range(2):
+        rec = json.loads((tmp_path / "out" / f"img{i}.json").read_text())
+        hand = rec["hands"][0]
+        np.testing.assert_allclose(hand["mano"]["betas"], betas, atol=1e-5)
+        assert hand["mano"]["transl"][2] > 0.1  # the fitted translation (the camera K [I | t]), in front
+        assert (tmp_path / "out" / f"img{i}_right.obj").is_file()

@@ -41,6 +41,9 @@ def get_config(arg=None):
     # upstream: wrist at 0.85 m, Adam 1e-2 x 200 (translation), then 1e-3 x 100 (translation + 6D pose)
     c.optimize = dict(init_depth=0.85, lr1=1e-2, steps1=200, lr2=1e-3, steps2=100, keypoints="argmax")
     c.eval = dict()
+    # python -m handjax.predict --checkpoint RUN/baseline: subject_shape = JSON {"betas": [...]} (else per-image
+    # betas); crop_focal: the pinhole crop camera's focal in crop pixels (0: 5.6 x image_size, the built-in crops')
+    c.predict = dict(subject_shape="", crop_focal=0.0)
     if a.recipe == "dexycb":  # upstream scale (GPU): ResNet-50, 224 crops, 16 epochs, lr 1e-4 -> 1e-5 -> 1e-6
         c.data.update(name="dexycb", builder_config="s1", image_size=224)
         # upstream drops left-hand sequences; the factory has no side filter, so left hands are mirrored into

@@ -190,7 +190,7 @@ def decode(pose6d: jnp.ndarray, betas: jnp.ndarray, mano_model: mano.ManoModel, 
     t = transl[:, None, :]
     camera = jnp.concatenate([K, jnp.zeros(K.shape[:-1] + (1,), K.dtype)], axis=-1)
     return make_hand_output(out.joints + t, camera, rotmats, betas,
-                            out.vertices + t if with_mesh else None, convention=CONVENTION.name)
+                            out.vertices + t if with_mesh else None, convention="manopth")  # manopth's joint order
 
 
 def heatmap_keypoints(heatmaps: jnp.ndarray, image_size: int, mode: str = "argmax") -> jnp.ndarray:

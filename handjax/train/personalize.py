@@ -272,7 +272,7 @@ def plot_curve(curve: dict, path: str, panel=(360, 260)) -> None:
         draw.rectangle([x0, y0, x1, y1], outline="black")
         draw.text((x0, 8), title, fill="black")
         for v in (lo, hi):
-            draw.text((p * w + 2, sy(v) - 6), f"{v:.3g}", fill="black")
+            draw.text((p * w + 2, sy(v) - 6), f"{v:.4g}", fill="black")
         for n, lx in zip(curve["n"], ns):
             draw.text((sx(lx) - 4, y1 + 4), str(n), fill="black")
         draw.text((x0 + (x1 - x0) // 2 - 10, y1 + 20), "N", fill="black")
@@ -367,6 +367,60 @@ def run_eval(ctx, models) -> dict:
     return table
 
 
+# ----------------------------------------------------------------------------- predictor
+def subject_shape(cfg):
+    """``predict.subject_shape``: a JSON file ``{"betas": [10 numbers]}`` (a subject's calibrated shape, e.g. an
+    entry of ``<run>/calibrate/calibration.json``), or None (per-image betas)."""
+    path = str(cfg.get("predict", {}).get("subject_shape", "") or "")
+    if not path:
+        return None
+    try:
+        with open(path) as fh:
+            betas = np.asarray(json.load(fh)["betas"], np.float32)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"config key predict.subject_shape={path!r}: expected a JSON file {{\"betas\": [10 "
+                         f"numbers]}} ({type(e).__name__}: {e})") from None
+    if betas.shape != (10,) or not np.all(np.isfinite(betas)):
+        raise ValueError(f"config key predict.subject_shape={path!r}: 'betas' must be 10 finite numbers, got shape "
+                         f"{betas.shape}")
+    return betas
+
+
+def predictor(cfg):
+    """Right-hand crops -> {"right": HandOutput} from the baseline model (``--checkpoint RUN/baseline``): its pose,
+    its per-image betas or the subject's shape (``predict.subject_shape``), and the translation fitted to its
+    heatmap keypoints (the optimisation's stage 1: wrist back-projected at ``optimize.init_depth``, Adam
+    ``optimize.lr1`` x ``steps1``) under a pinhole crop camera of focal ``predict.crop_focal`` crop pixels
+    (principal point the crop centre)."""
+    from handjax.models.hand_output import make_hand_output
+    from handjax.train.system import Predictor
+
+    hand, size, o = mano_model(cfg), int(cfg.data.image_size), cfg.optimize
+    p = cfg.predict
+    focal = float(p.crop_focal) if float(p.crop_focal) > 0 else 5.6 * size  # the built-in data's crops
+    K = jnp.asarray([[focal, 0.0, size / 2.0], [0.0, focal, size / 2.0], [0.0, 0.0, 1.0]], jnp.float32)
+    fixed = subject_shape(cfg)
+
+    def predict(model, images):
+        out = model(images)
+        n = images.shape[0]
+        pose = out["pose6d"][0]
+        betas = out["betas"] if fixed is None else jnp.broadcast_to(jnp.asarray(fixed), (n, 10))
+        kp = idm.heatmap_keypoints(out["heatmaps"], size, str(o.keypoints))
+        Ks = jnp.broadcast_to(K, (n, 3, 3))
+        t0 = idm.init_translation(hand, pose, betas, kp[:, 0], Ks, float(o.init_depth))
+        _, t, _ = pers.fit(hand, pose, t0, betas, Ks, kp, lr1=float(o.lr1), steps1=int(o.steps1), steps2=0)
+        rotmats, mesh = idm.mano_mesh(hand, pose, betas)
+        camera = jnp.concatenate([Ks, jnp.einsum("bij,bj->bi", Ks, t)[..., None]], -1)  # K [I | t]: exported transl
+        return {"right": make_hand_output(mesh.joints, camera, rotmats, betas, mesh.vertices, convention="manopth")}
+
+    return Predictor(model=build_model(cfg, "baseline"), image_size=size, predict=predict,
+                     faces={"right": np.asarray(hand.faces)}, sides=("right",),
+                     meta={"system": "personalize", "model": "baseline", "backbone": str(cfg.model.backbone),
+                           "joint_convention": idm.CONVENTION.name, "crop_focal": focal,
+                           "subject_shape": str(p.subject_shape or "")})
+
+
 # ----------------------------------------------------------------------------- the system
 def _check(cfg):
     guards.require_real_mano(cfg, ("baseline", "confidence", "identity", "calibrate", "optimize", "eval"))
@@ -402,5 +456,6 @@ SYSTEM = System(
         Stage("optimize", run_optimize, requires=("calibrate",)),
         Stage("eval", run_eval, requires=("calibrate",)),
     ),
+    predictor=predictor,
     check=_check,
 )
