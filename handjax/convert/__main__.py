@@ -5,6 +5,7 @@
   python -m handjax.convert idhandmesh --checkpoint checkpoint_last.pt --out <dir> [--kind baseline]
   python -m handjax.convert interwild --checkpoint snapshot_6.pth --out <dir>
   python -m handjax.convert handobjectconsist --checkpoint releasemodels/fphab/.../checkpoint_200.pth --out <dir>
+  python -m handjax.convert digit --checkpoint db7cba8c1.pt --out <dir>
 
 Checkpoints are read with a restricted unpickler: code in a malicious pickle
 is never run (such objects become inert placeholders and are listed). The
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "torch is not needed; MANO buffers are never copied.",
     )
     sub = parser.add_subparsers(dest="system", required=True,
-                                metavar="{tempclr,torchvision-resnet,idhandmesh,interwild,handobjectconsist}")
+                                metavar="{tempclr,torchvision-resnet,idhandmesh,interwild,handobjectconsist,digit}")
 
     t = sub.add_parser(
         "tempclr", help="TempCLR release (FreiHAND ResNet-50 or HO3D ResNet-18 model)",
@@ -84,7 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--checkpoint", required=True, help="checkpoint_<epoch>.pth (or checkpoint.pth / model_best.pth)")
     h.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
 
-    for p in (t, r, i, w, h):
+    d = sub.add_parser(
+        "digit", help="DIGIT release db7cba8c1.pt (zc-alexfan/digit-interacting) or a Lightning .ckpt of it",
+        description="Convert DIGIT's released state dict (keys pose_reg.*, a leading 'model.' stripped; Lightning "
+                    "checkpoints: their 'state_dict') into a handjax DigitModel checkpoint; all entries used, "
+                    "num_batches_tracked ignored with the reason, fp16 cast to float32. Evaluate it with --config "
+                    "configs/digit.py:recipe=paper --config.stages=eval --config.eval.checkpoint=<out>.")
+    d.add_argument("--checkpoint", required=True, help="db7cba8c1.pt, or a Lightning .ckpt (last.ckpt)")
+    d.add_argument("--out", required=True, help="output directory (new, empty, or an earlier handjax conversion)")
+
+    for p in (t, r, i, w, h, d):
         p.add_argument("--brief", action="store_true", help="print counts only, not one line per tensor")
     return parser
 
@@ -107,6 +117,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from handjax.convert.handobjectconsist import convert_handobjectconsist
 
             report = convert_handobjectconsist(args.checkpoint, args.out)
+        elif args.system == "digit":
+            from handjax.convert.digit import convert_digit
+
+            report = convert_digit(args.checkpoint, args.out)
         elif args.system == "interwild":
             from handjax.convert.interwild import convert_interwild
 
