@@ -59,6 +59,7 @@ DEFAULT_BBOX_PAD = 1.5  # crop side / longer box side: the built-in datasets' cr
 MAX_RENDER_SIDE = 1024  # overlay meshes larger than this (pixels) are rendered at reduced size and upsampled
 _MIRROR3 = np.diag([-1.0, 1.0, 1.0])
 HAND_COLORS = {"right": (0.55, 0.65, 0.9), "left": (0.55, 0.9, 0.5)}
+EXTRAS = "extras"  # key of a predictor's non-hand outputs (Predictor.postprocess)
 
 
 class ImageError(Exception):
@@ -289,7 +290,9 @@ class BatchedForward:
             out = jax.device_get(self._step(chunk))
             self.compiled_batches += 1
             for i in range(m):
-                results.append({side: _hand_fields(h, i) for side, h in out.items()})
+                results.append({side: _hand_fields(h, i) for side, h in out.items() if side != EXTRAS})
+                if EXTRAS in out:  # a system's per-crop extra arrays (Predictor.postprocess reads them)
+                    results[-1][EXTRAS] = {k: np.asarray(v[i]) for k, v in out[EXTRAS].items()}
         return results
 
 
@@ -723,9 +726,14 @@ def _write_job(job: _Job, predictor, out_dir: str, focal_length: float, zoom: in
     focal = float(focal_length) if focal_length and focal_length > 0 else float(max(h, w))
     principal = ((w - 1) / 2.0, (h - 1) / 2.0)
     results: List[HandResult] = []
+    extra_record: Dict[str, Any] = {}
     for (hand, centre, side, affine, mirrored, model_side), out in zip(job.hands, job.outputs):
         if predictor.finds_boxes:
-            for s in [s for s in SIDES if s in out] + sorted(set(out) - set(SIDES)):
+            sides = [s for s in SIDES if s in out] + sorted(set(out) - set(SIDES) - {EXTRAS})
+            if getattr(predictor, "postprocess", None) is not None:
+                sides, added = predictor.postprocess({s: out[s] for s in sides}, out.get(EXTRAS, {}), affine)
+                extra_record.update(added)
+            for s in sides:
                 fields = out[s]
                 results.append(hand_result(fields, HandBox(s, None), centre, side, affine, False,
                                            predictor.faces.get(s), focal, principal))
@@ -741,6 +749,7 @@ def _write_job(job: _Job, predictor, out_dir: str, focal_length: float, zoom: in
                   comment=f"handjax.predict: {job.name} {hand.side} hand, camera frame (OpenCV axes), metres")
         meshes.append(fname)
     record = image_record(job.path, (h, w), results, meshes, meta)
+    record.update(extra_record)
     with open(os.path.join(out_dir, f"{job.name}.json"), "w") as fh:
         fh.write(dumps_compact(record) + "\n")
     overlay_name = f"{job.name}_overlay.png"

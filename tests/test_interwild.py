@@ -227,3 +227,29 @@ def test_box_iou_and_evaluator_iou_hand_computed():
     assert res["box_count"] == 1
     np.testing.assert_allclose(res["box_iou"], 100 / 7)
     assert res["mrrpe_mm"] == 0.0
+
+
+# ----------------------------------------------------------------------------- predictor extras
+def _extras(conf, rbox, lbox):
+    return {"boxes": np.array([rbox, lbox], np.float64), "box_conf": np.array(conf),
+            "root_pose": np.zeros((2, 3)), "hand_pose": np.zeros((2, 45)), "shape": np.zeros((2, 10)),
+            "root_trans": np.array([[0.0, 0, 6], [0.1, 0, 6]]), "rel_trans": np.array([0.05, 0.0, 0.01])}
+
+
+def test_predict_postprocess_threshold_decision_and_params():
+    # crop affine: original -> input pixels, scale 2 and shift (-4, 0): input box (0, 0, 8, 8) -> (2, 0, 6, 4)
+    A = np.array([[2.0, 0, -4], [0, 2, 0], [0, 0, 1]])
+    np.testing.assert_allclose(T.boxes_to_original(np.array([[0.0, 0, 8, 8]]), A), [[2, 0, 6, 4]])
+    outputs = {"right": {}, "left": {}}
+    kept, rec = T.postprocess_fn(0.3)(outputs, _extras([0.5, 0.1], [0, 0, 8, 8], [4, 4, 12, 12]), A)
+    assert kept == ["right"]
+    iw_rec = rec["interwild"]
+    assert iw_rec["hands"]["left"]["found"] is False and iw_rec["hands"]["right"]["found"] is True
+    assert iw_rec["hands"]["right"]["root_trans"] == [0.0, 0.0, 0.0]
+    assert iw_rec["hands"]["left"]["root_trans"] == [0.05, 0.0, 0.01]
+    assert "one hand" in iw_rec["two_hand_decision"]
+    kept, rec = T.postprocess_fn(0.0)(outputs, _extras([0.5, 0.1], [0, 0, 8, 8], [4, 4, 12, 12]), A)
+    assert kept == ["right", "left"] and rec["interwild"]["two_hand_decision"].startswith("relative")
+    np.testing.assert_allclose(rec["interwild"]["box_iou"], 4 / 28)  # (2x2) / (16 + 16 - 4) in original pixels
+    kept, rec = T.postprocess_fn(0.0)(outputs, _extras([0.5, 0.5], [0, 0, 2, 2], [10, 10, 12, 12]), A)
+    assert rec["interwild"]["two_hand_decision"].startswith("separate")

@@ -41,7 +41,14 @@ def test_tiny_interwild_train_eval_predict(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in ("person", "black"):
         record = json.loads((out / f"{name}.json").read_text())
-        assert [h["side"] for h in record["hands"]] == ["right", "left"]
+        assert [h["side"] for h in record["hands"]] == ["right", "left"]  # threshold 0: every hand, as upstream
+        extra = record["interwild"]
+        assert extra["box_conf_threshold"] == 0.0 and extra["two_hand_decision"]
+        for side in ("right", "left"):
+            hand = extra["hands"][side]
+            assert hand["found"] and len(hand["box"]) == 4 and 0 <= hand["box_conf"] <= 1
+            assert len(hand["root_pose"]) == 3 and len(hand["hand_pose"]) == 45 and len(hand["shape"]) == 10
+        assert extra["hands"]["right"]["root_trans"] == [0.0, 0.0, 0.0]
         assert (out / f"{name}_overlay.png").is_file()
         for mesh in os.listdir(out):
             if mesh.startswith(name) and mesh.endswith(".obj"):

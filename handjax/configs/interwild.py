@@ -41,8 +41,13 @@ def get_config(arg=None):
     c.eval = dict(split="test", batch_size=32, checkpoint="", mrrpe_frames="", baseline_batches=8,
                   vertex_valid_key="mano_valid")  # the labels' per-hand mesh validity (B, 2)
 
+    # python -m handjax.predict: hands whose box confidence (softmax centre heatmap at the centre) is below this
+    # are reported missing instead of exported (0: every hand, as upstream's demo)
+    c.predict = dict(box_conf_threshold=0.0)
+
     if a.recipe == "paper":  # upstream sizes and data (GPU scale): IH26M (H+M) + COCO-WholeBody 50/50
-        c.data.update(name="interhand", image_size=512, builder_config="default")
+        # InterWild's human_annot test list: --config.data.subset_file.test=<aid_human_annot_test.txt>
+        c.data.update(name="interhand", image_size=512, builder_config="default", subset_file="")
         c.data.mixture = [dict(name="interhand", weight=1.0), dict(name="coco_wholebody", weight=1.0)]
         c.data.augment = dict(scale=0.25, rotation=30.0, shift=0.0, flip="random", brightness=0.2, contrast=0.2,
                               saturation=0.2, hue=0.0)

@@ -24,6 +24,7 @@ from handjax.train.loop import Task
 from handjax.train.system import EvalStage, Predictor, System, TrainStage
 
 SIDES = ("right", "left")
+CONVERTER = "handjax.convert.interwild.convert_interwild"
 
 
 # ----------------------------------------------------------------------------- model
@@ -220,10 +221,59 @@ def _baselines(ctx):
 
 
 # ----------------------------------------------------------------------------- predictor
+def boxes_to_original(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(K, 4) xyxy boxes in input pixels -> original image pixels through the inverse crop affine (3x3, no
+    rotation)."""
+    inv = np.linalg.inv(np.asarray(affine, np.float64))
+    corners = np.stack([boxes[:, :2], boxes[:, 2:]], 1)  # (K, 2, 2)
+    mapped = corners @ inv[:2, :2].T + inv[:2, 2]
+    lo, hi = mapped.min(1), mapped.max(1)
+    return np.concatenate([lo, hi], -1)
+
+
+def postprocess_fn(threshold: float):
+    """InterWild's demo outputs beyond the shared export (``Predictor.postprocess``): per hand the box
+    (original pixels), its confidence and InterWild's params (root_pose, hand_pose, shape, root_trans: (0, 0, 0)
+    for the right hand and the relative translation for the left, as upstream's params JSON); a hand whose box
+    confidence is below ``threshold`` is reported missing (not exported); and the two-hand decision: boxes
+    overlapping (IoU > 0, upstream's rule) -> the left hand is placed by the relative translation, else each
+    hand by its own root translation."""
+
+    def postprocess(outputs, extras, affine):
+        boxes = boxes_to_original(np.asarray(extras["boxes"], np.float64), affine)
+        conf = np.asarray(extras["box_conf"], np.float64)
+        hands, kept = {}, []
+        for k, side in enumerate(SIDES):
+            found = bool(conf[k] >= threshold)
+            hands[side] = {"found": found, "box": [round(float(v), 3) for v in boxes[k]],
+                           "box_conf": round(float(conf[k]), 6),
+                           "root_pose": np.round(extras["root_pose"][k], 6).tolist(),
+                           "hand_pose": np.round(extras["hand_pose"][k], 6).tolist(),
+                           "shape": np.round(extras["shape"][k], 6).tolist(),
+                           "root_trans": (np.round(extras["rel_trans"], 6).tolist() if side == "left" else
+                                          [0.0, 0.0, 0.0]),
+                           "root_cam": np.round(extras["root_trans"][k], 6).tolist()}
+            if found and side in outputs:
+                kept.append(side)
+        both = len(kept) == 2
+        iou = float(box_iou(boxes[0], boxes[1]))
+        if not both:
+            decision = "one hand or none: no relative placement"
+        elif iou > 0:
+            decision = "relative translation (boxes overlap): left root = right root + root_trans of the left hand"
+        else:
+            decision = "separate roots (boxes do not overlap): each hand at its own root_cam"
+        return kept, {"interwild": {"hands": hands, "box_conf_threshold": float(threshold), "box_iou": iou,
+                                    "two_hand_decision": decision}}
+
+    return postprocess
+
+
 def predictor(cfg) -> Predictor:
-    """Whole images -> {"right", "left": HandOutput}: the square input's centre (H, 3H/4) window is
-    the person crop (``python -m handjax.predict`` crops a square around the image centre); each
-    hand in its own virtual crop camera, projected to the square input's pixels."""
+    """Whole images -> {"right", "left": HandOutput} + InterWild's extras: the square input's centre (H, 3H/4)
+    window is the person crop (``python -m handjax.predict`` crops a square around the image centre); each
+    hand in its own virtual crop camera, projected to the square input's pixels. ``predict.box_conf_threshold``
+    (default 0: every hand, as upstream) reports low-confidence hands as missing."""
     g, pair = geometry(cfg), mano_models(cfg)
     h, w = g.image_hw
     x0 = (h - w) // 2
@@ -232,21 +282,44 @@ def predictor(cfg) -> Predictor:
         raw = model(to_unit_range(images[:, :, x0:x0 + w]))
         hands, _ = iw.decode(raw, g, *pair, convention="ih26m")
         shift = jnp.array([[1.0, 0.0, float(x0)], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-        return {s: hands[s].replace(camera=shift @ hands[s].camera,
-                                    joints2d=hands[s].joints2d + jnp.array([float(x0), 0.0])) for s in SIDES}
+        out = {s: hands[s].replace(camera=shift @ hands[s].camera,
+                                   joints2d=hands[s].joints2d + jnp.array([float(x0), 0.0])) for s in SIDES}
+        b = images.shape[0]
+        off = jnp.array([float(x0), 0.0, float(x0), 0.0])
+        out["extras"] = {"boxes": jnp.stack([raw["rhand_bbox"], raw["lhand_bbox"]], 1) + off,
+                         "box_conf": jnp.stack([raw["rhand_conf"], raw["lhand_conf"]], 1),
+                         "root_pose": raw["root_pose"].reshape(2, b, 3).transpose(1, 0, 2),
+                         "hand_pose": raw["hand_pose"].reshape(2, b, 45).transpose(1, 0, 2),
+                         "shape": raw["shape"].reshape(2, b, 10).transpose(1, 0, 2),
+                         "root_trans": raw["root_trans"].reshape(2, b, 3).transpose(1, 0, 2),
+                         "rel_trans": raw["rel_trans"]}
+        return out
 
     right, left = pair
+    threshold = float((cfg.get("predict") or {}).get("box_conf_threshold", 0.0))
     return Predictor(model=build_model(cfg), image_size=h, predict=predict,
                      faces={"right": np.asarray(right.faces), "left": np.asarray(left.faces)}, sides=SIDES,
-                     finds_boxes=True, meta={"system": "interwild"})
+                     finds_boxes=True, meta={"system": "interwild", "box_conf_threshold": threshold},
+                     postprocess=postprocess_fn(threshold))
 
 
 # ----------------------------------------------------------------------------- the system
+def _released_checkpoint(path: str) -> bool:
+    from handjax.models.checkpoint import is_model_checkpoint, read_meta
+
+    return bool(path) and is_model_checkpoint(path) and read_meta(path).get("converter") == CONVERTER
+
+
 def _check(cfg):
     from handjax.losses.terms import check_weights
+    from handjax.train import guards
 
     geometry(cfg)
     check_weights(dict(cfg.train.loss_weights), iw_losses.TERMS, "train.loss_weights")
+    if not guards.builtin_hand_allowed(cfg) and _released_checkpoint(cfg.eval.get("checkpoint", "") or ""):
+        raise ValueError(f"config key eval.checkpoint={cfg.eval.checkpoint!r} is a converted InterWild release, "
+                         f"trained with the real MANO model, but mano.model_path is empty: {guards.MANO_REQUIRED}")
+    guards.require_real_mano(cfg, ("train", "eval"))
 
 
 SYSTEM = System(

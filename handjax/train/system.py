@@ -128,6 +128,10 @@ class Predictor:
     sides: the hands the model predicts; a single right-hand model gets left hands as mirrored crops.
     faces: side -> (F, 3) int mesh faces of the MANO model used.
     finds_boxes: the system locates hands itself (the whole image is its input).
+    postprocess(outputs, extras, affine) -> (sides to export, JSON entries) (finds_boxes systems; optional):
+      ``predict`` may return an ``"extras"`` dict of (B, ...) arrays beside the hands; per image, this gets
+      the hands' fields, those extras (numpy, no batch axis) and the crop affine (original -> input pixels),
+      and decides which hands are exported (e.g. a box-confidence threshold) and what the image's JSON adds.
     """
 
     model: Any
@@ -137,6 +141,7 @@ class Predictor:
     sides: Tuple[str, ...] = ("right",)
     finds_boxes: bool = False
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    postprocess: Optional[Callable] = None
 
 
 @dataclasses.dataclass(frozen=True)
