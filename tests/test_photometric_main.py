@@ -37,6 +37,30 @@ def test_main_tiny_photometric_end_to_end(tmp_path):
         assert math.isfinite(row["joints2d_epe_px"]) or row is rows["mean labelled pose (trivial)"]
     assert "joints3d_epe_mm" in out and "continued with consistency" in out
 
+    # predict: a test frame of the built-in data -> hand and object meshes and their overlay
+    import numpy as np
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    from data_pipelines.hand_object import NUM_VERTICES
+
+    frame = tfds.builder_from_directory(str(tmp_path / "data" / "hand_object" / "tiny" / "1.0.0")).as_data_source(
+        "test")[0]
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.asarray(frame["image"])).save(tmp_path / "imgs" / "f0.png")
+    p = subprocess.run([sys.executable, "-m", "handjax.predict", "--config", "configs/photometric.py:size=tiny",
+                        "--checkpoint", str(work / "consistency"), "--images", str(tmp_path / "imgs"), "--out",
+                        str(tmp_path / "pred"), f"--config.data.data_dir={tmp_path / 'data'}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    def count(name):
+        return sum(line.startswith("v ") for line in (tmp_path / "pred" / name).read_text().splitlines())
+
+    assert count("f0_right.obj") == 778 and count("f0_object.obj") == NUM_VERTICES
+    record = json.loads((tmp_path / "pred" / "f0.json").read_text())
+    assert [h["side"] for h in record["hands"]] == ["right", "object"]
+    assert (tmp_path / "pred" / "f0_overlay.png").is_file()
+
 
 def test_config_arguments():
     c = get_config("control=false")

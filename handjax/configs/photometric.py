@@ -50,6 +50,9 @@ def get_config(arg=None):
     c.control = _consist_stage(250, 8, 1e-4, UPSTREAM_WEIGHTS, 0.0, 1.0, 0, common)
     c.consistency = _consist_stage(250, 8, 1e-4, UPSTREAM_WEIGHTS, 1e-3, 0.999, 50, common)
     c.eval = dict(split="test", batch_size=32, checkpoint="")
+    # python -m handjax.predict: the crop camera's focal length (network-input pixels; 0 = the input side) and the
+    # known object placed in every frame
+    c.predict = dict(focal_length=0.0, object_id=0)
 
     if a.recipe != "default":  # upstream sizes and data (GPU/TPU); FPHAB / HO3D object meshes: not wired in yet
         c.data.name = a.recipe

@@ -40,11 +40,12 @@ from flax import nnx
 from handjax import mano
 from handjax.losses import photometric as pl
 from handjax.models import CONV_IMPLS
+from handjax.geometry import project_perspective
 from handjax.models.meshregnet import MeshRegNet, decode, model_convention
 from handjax.render import MANO_WRIST_BOUNDARY_IDS, seal_wrist
 from handjax.train import guards
 from handjax.train.loop import Task, restore_model
-from handjax.train.system import EvalStage, System, TrainStage
+from handjax.train.system import EvalStage, Predictor, System, TrainStage
 
 SUPERVISED_TERMS = tuple(pl.TERMS)
 CONSIST_TERMS = SUPERVISED_TERMS + ("consist",)
@@ -341,6 +342,48 @@ def _label(ctx, trained_here: bool) -> str:
     return ROWS["consistency"]
 
 
+# ----------------------------------------------------------------------------- predictor
+def predictor(cfg) -> Predictor:
+    """Whole frames -> {"right": the hand, "object": the placed known object} (``python -m handjax.predict``).
+
+    The model places hand and object with intrinsics, which the predict CLI does not pass: the crop camera is
+    ``K = [[f, 0, S/2], [0, f, S/2], [0, 0, 1]]`` in pixels of the S x S network input, f = ``predict.focal_length``
+    (crop pixels; 0: S, i.e. the CLI's default focal max(H, W) for a whole-frame crop), and the object is
+    ``predict.object_id`` of the configured dataset's known objects (its own entry, written as
+    ``<name>_object.obj``; its "joints" are its root, its rotation the one 3 x 3 matrix)."""
+    from handjax.models.hand_output import HandOutput
+
+    size = int(cfg.data.image_size)
+    p = cfg.get("predict") or {}
+    focal = float(p.get("focal_length", 0.0) or 0.0) or float(size)
+    object_id = int(p.get("object_id", 0))
+    from data_pipelines.factory import make_data_factory
+
+    parts = make_parts(cfg, make_data_factory(cfg.data, seed=int(cfg.seed)).builder_dir)
+    n_obj = int(parts.object_vertices.shape[0])
+    if not 0 <= object_id < n_obj:
+        raise ValueError(f"config key predict.object_id={object_id}: the dataset has {n_obj} known objects")
+    K = jnp.asarray([[focal, 0.0, size / 2.0], [0.0, focal, size / 2.0], [0.0, 0.0, 1.0]], jnp.float32)
+
+    def predict(model, images):
+        b = images.shape[0]
+        out = parts.decode(model(images), jnp.broadcast_to(K, (b, 3, 3)), jnp.full((b,), object_id, jnp.int32),
+                           adaptor_of(model))
+        o = out.object
+        root = o.transl[:, None]
+        obj = HandOutput(joints=root, joints2d=project_perspective(root, out.hand.camera[..., :3]),
+                         camera=out.hand.camera, rotmats=o.rot[:, None], betas=jnp.zeros((b, 0), jnp.float32),
+                         vertices=o.vertices, is_right=jnp.zeros((b,), bool), convention="object")
+        return {"right": out.hand, "object": obj}
+
+    return Predictor(model=build_model(cfg), image_size=size, predict=predict,
+                     faces={"right": np.asarray(parts.hand_model.faces), "object": parts.object_faces},
+                     sides=("right",), finds_boxes=True,
+                     meta={"system": "photometric", "backbone": str(cfg.model.backbone),
+                           "joint_convention": parts.convention.name, "focal_length_crop_px": focal,
+                           "object_id": object_id})
+
+
 # ----------------------------------------------------------------------------- the system
 def _check(cfg):
     guards.require_real_mano(cfg, ("supervised", "control", "consistency", "eval"))
@@ -368,6 +411,6 @@ SYSTEM = System(
                   predict=lambda ctx: predict_fn(_parts(ctx)), evaluator=_evaluator, baselines=_baselines,
                   label=_label, table=_table, inputs=EVAL_INPUTS),
     ),
-    predictor=None,
+    predictor=predictor,
     check=_check,
 )
