@@ -36,8 +36,9 @@ def get_config(arg=None):
                                brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
     # fraction: labels kept on this fraction of the annotated training frames (upstream --fraction; the built-in
     # videos annotate every 4th frame, so 0.1 labels ~3 % of the frames); max_distance: pair queries at most this
-    # many frames from their reference (None: any; upstream's are <= ~80 frames away by construction)
-    c.sparse = dict(fraction=0.1, fraction_seed=None, max_distance=None)
+    # many frames from their reference (-1: any; upstream's are <= ~80 frames away by construction); fraction_seed:
+    # the labelled frames' draw (-1: the run's seed)
+    c.sparse = dict(fraction=0.1, fraction_seed=-1, max_distance=-1)
     # placement factors: upstream's (100 px, 1e-4, 0.4 m) are for 480x270 frames with f ~ 349 px and hands at
     # 0.3-0.7 m; the built-in 64x64 frames (f ~ 35-45 px, depths 0.3-0.9 m) get factors of the same reach
     c.model = dict(backbone="resnet18", ncomps=15, mano_neurons=(512, 512), use_shape=True, input_norm="mean0.5",

@@ -211,7 +211,8 @@ def _fraction(ctx) -> float:
 def _labels(ctx) -> dict:
     """The labelled-frame selection every stage shares: ``sparse.fraction`` chosen with ``sparse.fraction_seed``
     (None: the run's seed)."""
-    return {"fraction": _fraction(ctx), "fraction_seed": ctx.cfg.sparse.get("fraction_seed")}
+    seed = int(ctx.cfg.sparse.get("fraction_seed", -1))
+    return {"fraction": _fraction(ctx), "fraction_seed": None if seed < 0 else seed}
 
 
 def _supervised_data(ctx):
@@ -219,7 +220,8 @@ def _supervised_data(ctx):
 
 
 def _pair_data(ctx):
-    return {"mode": "pair", "max_distance": ctx.cfg.sparse.get("max_distance"), "unannotated_only": False,
+    distance = int(ctx.cfg.sparse.get("max_distance", -1))
+    return {"mode": "pair", "max_distance": None if distance < 0 else distance, "unannotated_only": False,
             **_labels(ctx)}
 
 
