@@ -1,7 +1,6 @@
 """InterWild's math pieces against torch and hand-computed / numpy references (handjax.models.interwild,
 handjax.losses.interwild, the evaluator's box IoU). Full-model runs live in test_interwild_system.py."""
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 import jax.numpy as jnp

@@ -23,9 +23,9 @@ def test_tiny_interwild_train_eval_predict(tmp_path):
     r = _run("handjax.main", ["--config", "configs/interwild.py:size=tiny", "--workdir", str(work)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "[train] step 2/2" in r.stdout and "iw_joint_cam" in r.stdout and "iw_rel_trans" in r.stdout
-    assert "box_iou" in r.stdout and "mean hand, mean rel. transl., centred box" in r.stdout
+    assert "box_iou" in r.stdout and "mean pose, mean rel. transl., centred box" in r.stdout
     rows = json.loads((work / "results.json").read_text())["eval"]
-    assert set(rows) == {"InterWild", "mean hand, mean rel. transl., centred box"}
+    assert set(rows) == {"InterWild", "mean pose, mean rel. transl., centred box"}
     for row in rows.values():
         assert 0 <= row["box_iou"] <= 100 and row["box_count"] > 0
         assert np.isfinite(row["mpvpe_all_mm"]) and np.isfinite(row["mrrpe_mm"])

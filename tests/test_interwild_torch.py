@@ -3,7 +3,6 @@ BN statistics): a checkpoint in the released format (``{'epoch', 'network' with 
 plus a legacy ``joint_regressor``) converted through ``python -m handjax.convert interwild``; then boxes, box
 confidences, 2.5D joints, MANO parameters (as rotation matrices), root cameras and the relative translation agree
 within 1e-4 (relative, float32), and the gradients of the iw_rel_trans term w.r.t. TransNet's weights agree."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -44,7 +44,7 @@ from flax import nnx
 from jax import lax
 
 from handjax.geometry import rotations as rot
-from handjax.models.resnet import ResNet, TorchBatchNorm
+from handjax.models.resnet import TorchBatchNorm
 from handjax.render.warp import grid_sample
 
 NUM_JOINTS = 21

@@ -3,9 +3,9 @@
 In order: the model (registered backbones + BoxNet / PositionNet / RotationNet / TransNet of
 ``handjax.models.interwild``), its loss terms (``handjax.losses.interwild``: InterWild's masks
 and full-tensor means), the stages, the evaluation (the two-hand evaluator with InterWild's
-aggregation plus box IoU; trivial baselines: the mean hand at the mean relative translation with
-a centred default box) and the predictor (the whole image is the person crop; the hands are
-found by the model).
+aggregation plus box IoU; trivial baseline: the mean GT pose (root-relative joints and meshes) at
+the mean relative translation with a centred box of the mean size) and the predictor (the whole
+image is the person crop; the hands are found by the model).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from handjax.train.loop import Task
 from handjax.train.system import EvalStage, Predictor, System, TrainStage
 
 SIDES = ("right", "left")
+BASELINE = "mean pose, mean rel. transl., centred box"
 CONVERTER = "handjax.convert.interwild.convert_interwild"
 
 
@@ -32,7 +33,8 @@ def geometry(cfg) -> iw.Geometry:
     """``data.image_size`` = person-crop height (width 3/4 of it, as the data pipelines' person crops)."""
     m, h = cfg.model, int(cfg.data.image_size)
     if h % 4:
-        raise ValueError(f"config key data.image_size={h}: InterWild's person crops are H x 3H/4 with H a multiple of 4")
+        raise ValueError(f"config key data.image_size={h}: InterWild's person crops are H x 3H/4 with H a "
+                         f"multiple of 4")
     return iw.Geometry(image_hw=(h, 3 * h // 4), body_downsample=int(m.body_downsample), hand_size=int(m.hand_size),
                        depth_bins=int(m.depth_bins), trans_hm=int(m.trans_hm), sigma=float(m.sigma))
 
@@ -177,23 +179,42 @@ def mean_hand_outputs(cfg):
     return np.asarray(pred["joint_cam"][0]), np.asarray(pred["mesh_cam"][0]).reshape(2, -1, 3)
 
 
-def training_statistics(ctx, batches: int):
-    """Mean GT relative translation (over frames with both wrists) and mean GT box size (w, h)
-    over ``batches`` training batches (no augmentation): the trivial baselines' constants."""
+def training_statistics(ctx, batches: int) -> Dict[str, np.ndarray]:
+    """The trivial baselines' constants over ``batches`` training batches (no augmentation): the mean GT
+    root-relative joints (42, 3) and meshes (2, 778, 3) (each hand minus its own wrist: the GT wrist joint,
+    the mesh's regressed wrist), the mean relative translation (frames with both wrists) and the mean box
+    size (w, h). Means over the labelled hands; the MANO mean hand where a hand never has labels."""
+    right, _ = mano_models(ctx.cfg)
+    wrist_w = iw.wrist_weights(right)
+    joints, verts = mean_hand_outputs(ctx.cfg)
+    sums = dict(j=np.zeros((42, 3)), nj=np.zeros((42, 1)), v=np.zeros((2, 778, 3)), nv=np.zeros((2, 1, 1)))
     rel, sizes = [], []
     it = ctx.data("train", "frame", int(ctx.cfg.eval.batch_size), False)
     for i, batch in enumerate(it):
         if i >= batches:
             break
         v = np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)), bool)
-        jv = np.asarray(batch["joint_valid"], bool)
-        both = v & jv[:, 20] & jv[:, 41]
+        jv = np.asarray(batch["joint_valid"], bool) & v[:, None]
+        both = jv[:, 20] & jv[:, 41]
         rel.append(np.asarray(batch["rel_root"])[both])
+        rr = np.asarray(iw_losses.root_relative_42(jnp.asarray(batch["joints3d"])), np.float64)
+        root_ok = np.concatenate([np.repeat(jv[:, 20:21], 21, 1), np.repeat(jv[:, 41:42], 21, 1)], 1) & jv
+        sums["j"] += (rr * root_ok[..., None]).sum(0)
+        sums["nj"] += root_ok.sum(0)[:, None]
+        if "vertices" in batch:
+            mv = np.asarray(batch.get("mano_valid", np.ones((len(v), 2), bool)), bool) & v[:, None]
+            gv = np.asarray(batch["vertices"], np.float64)
+            gv = gv - np.einsum("v,bhvc->bhc", wrist_w, gv)[:, :, None]
+            sums["v"] += (gv * mv[..., None, None]).sum(0)
+            sums["nv"] += mv.sum(0)[:, None, None]
         hv = np.asarray(batch["hand_valid"], bool) & v[:, None]
         box = np.asarray(batch["hand_box"])[hv]
         sizes.append(box[:, 2:] - box[:, :2])
     rel, sizes = np.concatenate(rel), np.concatenate(sizes)
-    return (rel.mean(0) if len(rel) else np.zeros(3)), (sizes.mean(0) if len(sizes) else np.ones(2))
+    joints = np.where(sums["nj"] > 0, sums["j"] / np.maximum(sums["nj"], 1), joints)
+    verts = np.where(sums["nv"] > 0, sums["v"] / np.maximum(sums["nv"], 1), verts)
+    return dict(joints=joints, vertices=verts, rel=rel.mean(0) if len(rel) else np.zeros(3),
+                box_size=sizes.mean(0) if len(sizes) else np.ones(2))
 
 
 def baseline_fn(joints, verts, rel, box):
@@ -209,15 +230,15 @@ def baseline_fn(joints, verts, rel, box):
 
 
 def _baselines(ctx):
+    """The mean GT pose (root-relative joints and meshes, camera orientation included) at the mean relative
+    translation, with a centred box of the mean GT size (all from training batches)."""
     cfg = ctx.cfg
-    joints, verts = mean_hand_outputs(cfg)
-    rel, size = training_statistics(ctx, int(cfg.eval.get("baseline_batches", 4)))
+    st = training_statistics(ctx, int(cfg.eval.get("baseline_batches", 4)))
     h, w = geometry(cfg).image_hw
     c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
-    box = np.concatenate([c - size / 2, c + size / 2]).astype(np.float32)
-    return {"mean hand, mean rel. transl., centred box": baseline_fn(jnp.asarray(joints), jnp.asarray(verts),
-                                                                       jnp.asarray(rel, jnp.float32),
-                                                                       jnp.asarray(np.stack([box, box])))}
+    box = np.concatenate([c - st["box_size"] / 2, c + st["box_size"] / 2]).astype(np.float32)
+    return {BASELINE: baseline_fn(jnp.asarray(st["joints"], jnp.float32), jnp.asarray(st["vertices"], jnp.float32),
+                                  jnp.asarray(st["rel"], jnp.float32), jnp.asarray(np.stack([box, box])))}
 
 
 # ----------------------------------------------------------------------------- predictor

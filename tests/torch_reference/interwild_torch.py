@@ -219,8 +219,8 @@ class TransNet(nn.Module):
             lo, hi = c[..., :2].min(1)[0], c[..., :2].max(1)[0]
             mid, half = (lo + hi) / 2, (hi - lo) / 2 * 1.2
             boxes.append(torch.cat([mid - half, mid + half], -1))
-        u = torch.cat([torch.minimum(boxes[0][:, :2], boxes[1][:, :2]), torch.maximum(boxes[0][:, 2:], boxes[1][:, 2:])],
-                      -1)
+        u = torch.cat([torch.minimum(boxes[0][:, :2], boxes[1][:, :2]),
+                       torch.maximum(boxes[0][:, 2:], boxes[1][:, 2:])], -1)
         w, h = u[:, 2] - u[:, 0], u[:, 3] - u[:, 1]
         cx, cy = u[:, 0] + w / 2, u[:, 1] + h / 2
         side_h = torch.where(w > h, w, h)
