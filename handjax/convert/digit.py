@@ -39,7 +39,6 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -84,7 +83,8 @@ def _backbone_target(match: re.Match) -> tuple:
 def digit_rules() -> list:
     """The mapping of a ``pose_reg.``-stripped DIGIT state dict onto ``DigitModel`` (module docstring)."""
     rules: list = [Ignore(r".*\.num_batches_tracked",
-                          "BatchNorm update counter: handjax's momentum is fixed (0.9 = torch's 0.1), so it has no use")]
+                          "BatchNorm update counter: handjax's momentum is fixed (0.9 = torch's 0.1), so it has "
+                          "no use")]
     # backbone: conv kernels and BatchNorm tensors by hrnet.torch_key_to_nnx_path
     rules += [Rule(r"backbone\.(.*\.(?:conv[1-3]|0)\.weight|conv[12]\.weight)", _backbone_target, "conv"),
               Rule(r"backbone\.(.*\.(?:bn[1-3]|1)\.weight|bn[12]\.weight)", _backbone_target, "bn_scale"),

@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from handjax import losses as _losses  # noqa: F401 (shared terms)
 from handjax.losses import digit as digit_losses
 from handjax.losses.terms import loss_from_weights
 from handjax.models.digit import DigitModel, DigitSpec
-from handjax.models.hand_output import HandOutput, make_hand_output
+from handjax.models.hand_output import make_hand_output
 from handjax.train.loop import Task
 from handjax.train.system import EvalStage, Predictor, System, TrainStage
 
@@ -211,7 +210,8 @@ def mean_statistics(ctx, max_batches: int = 16) -> dict:
 
     sums, counts = np.zeros((42, 3)), np.zeros((42, 1))
     rel, n_rel, pres, n = np.zeros(3), 0, np.zeros(2), 0
-    batches = ctx.data(split=ctx.cfg.train.get("split", "train"), mode="frame", batch_size=int(ctx.stage_cfg.batch_size),
+    batches = ctx.data(split=ctx.cfg.train.get("split", "train"), mode="frame",
+                       batch_size=int(ctx.stage_cfg.batch_size),
                        train=False, seed=0)
     for i, b in enumerate(batches):
         if i >= max_batches:
