@@ -273,3 +273,18 @@ def test_generic_stage_and_several_predict_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="stage 'measure' needs the output of 'main'"):
         runner.run(TOY_WITH_STAGE, _cfg(stages="measure", measure=dict()), str(tmp_path / "fresh"),
                    _with_scale(_factory([])))
+
+
+def test_seed_from_gives_a_compared_stage_the_same_seed(tmp_path):
+    import dataclasses
+
+    warmup, main = TOY.stages[:2]
+    twin = dataclasses.replace(main, name="twin", init_from="", seed_from="warmup")
+    system = System(name="toy_twin", stages=(warmup, twin))
+    calls = []
+    results = runner.run(system, _cfg(stages="warmup,twin", twin=_stage()), str(tmp_path), _factory(calls))
+    assert [c["seed"] for c in calls if c["train"]] == [3, 3]  # same data order as the stage it is compared with
+    # same seed, same initial weights, same batches and settings: the same final losses
+    assert results["twin"]["loss"] == pytest.approx(results["warmup"]["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="stage 'main' has seed_from='nope', which is not one of its stages"):
+        System(name="toy_broken", stages=(warmup, dataclasses.replace(main, seed_from="nope")))

@@ -406,7 +406,9 @@ SYSTEM = System(
     name="photometric",
     stages=(
         TrainStage("supervised", supervised_task, data=_supervised_data, loss_terms=SUPERVISED_TERMS),
-        TrainStage("control", consistency_task, data=_pair_data, init_from="supervised", loss_terms=CONSIST_TERMS),
+        # the control sees the consistency stage's data order and random draws (a like-for-like comparison)
+        TrainStage("control", consistency_task, data=_pair_data, init_from="supervised", loss_terms=CONSIST_TERMS,
+                   seed_from="consistency"),
         TrainStage("consistency", consistency_task, data=_pair_data, init_from="supervised",
                    loss_terms=CONSIST_TERMS),
         EvalStage("eval", model_from="consistency", model=lambda ctx: build_model(ctx.cfg),

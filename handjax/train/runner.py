@@ -44,8 +44,10 @@ def parse_stages(system: System, spec: str) -> tuple:
 
 
 def _stage_seed(system: System, cfg, name: str) -> int:
-    """Stage i of the declaration (not of the job) gets seed ``cfg.seed + i``, with or without earlier stages."""
-    return int(cfg.seed) + system.stage_names.index(name)
+    """Stage i of the declaration (not of the job) gets seed ``cfg.seed + i``, with or without earlier
+    stages; a training stage with ``seed_from`` takes that stage's."""
+    source = getattr(system.stage(name), "seed_from", "") or name  # checked by System
+    return int(cfg.seed) + system.stage_names.index(source)
 
 
 def stage_data_config(cfg, name: str) -> dict:

@@ -60,6 +60,9 @@ class TrainStage:
     init(ctx, model, path) -> str: loads ``path`` (a stage workdir or a model-only checkpoint)
       into the stage's model and returns a one-line description; default: the whole model.
     loss_terms: the names allowed in ``cfg.<stage>.loss_weights``.
+    seed_from: the stage whose seed this one takes (default: its own, ``cfg.seed`` + its index), so
+      that two stages compared with each other (a control and a variant) see the same data order and
+      random draws.
     """
 
     name: str
@@ -68,6 +71,7 @@ class TrainStage:
     init_from: str = ""
     init: Optional[Callable[[StageContext, Any, str], str]] = None
     loss_terms: Tuple[str, ...] = ()
+    seed_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +157,15 @@ class System:
     stages: Tuple[Any, ...]
     predictor: Optional[Callable[[Any], Predictor]] = None
     check: Optional[Callable[[Any], None]] = None
+
+    def __post_init__(self):
+        names = [s.name for s in self.stages]
+        for s in self.stages:
+            for field in ("seed_from", "init_from"):
+                other = getattr(s, field, "")
+                if other and other not in names:
+                    raise ValueError(f"system {self.name!r}: stage {s.name!r} has {field}={other!r}, which is not "
+                                     f"one of its stages {names}")
 
     def stage(self, name: str):
         for s in self.stages:
