@@ -63,15 +63,15 @@ def main(argv=None):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = tx.init(params)
 
-    def loss_fn(params, rest, x):
-        m = nnx.merge(graphdef, params, rest)
-        out = m(x)
-        loss = sum(jnp.mean(jnp.abs(out[k] - targets[k])) for k in KEYS)
-        return loss, nnx.state(m, nnx.Not(nnx.Param))
-
     @jax.jit
     def jstep(params, rest, opt_state, x):
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x)
+        def loss_fn(p):
+            m = nnx.merge(graphdef, p, jax.tree.map(lambda v: v, rest), copy=True)
+            out = m(x)
+            loss = sum(jnp.mean(jnp.abs(out[k] - targets[k])) for k in KEYS)
+            return loss, nnx.state(m, nnx.Not(nnx.Param))
+
+        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), rest, opt_state, loss
 
