@@ -164,6 +164,7 @@ def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None, t
     nnx.update(model, state["params"], state["rest"])
     return int(step)
 
+
 def _nonfinite_message(name: str, done: int, last_good: Optional[int], directory: str) -> str:
     msg = f"[{name}] non-finite loss or gradient before step {done}; stopping. Updates on those steps were skipped; "
     if last_good is not None:
