@@ -26,9 +26,7 @@ from handjax.configs import tempclr
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, size="default")
-    if a.size not in ("default", "tiny"):
-        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    a = parse_arg(arg, choices=dict(size=("default", "tiny")), size="default")
     c = tempclr.get_config("recipe=freihand")
     c.stages = "eval"
     c.data.builder_config = "default"

@@ -27,11 +27,7 @@ from handjax.configs import tempclr
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, version="v2", size="default")
-    if a.version not in ("v2", "v3"):
-        raise ValueError(f"config argument 'version' must be v2 or v3, got {a.version!r}")
-    if a.size not in ("default", "tiny"):
-        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    a = parse_arg(arg, choices=dict(version=("v2", "v3"), size=("default", "tiny")), version="v2", size="default")
     c = tempclr.get_config("recipe=ho3d")
     c.stages = "eval"
     c.data.builder_config = a.version

@@ -1,14 +1,27 @@
 """Helpers shared by config files."""
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import ml_collections
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, choices: Mapping[str, Sequence[str]] | None = None,
+              **defaults) -> ml_collections.ConfigDict:
     """big_vision-style 'key=value,key2=value2' config argument, typed by the defaults.
 
-    Unknown keys and values that do not parse as the default's type are errors naming the key.
+    Unknown keys, values that do not parse as the default's type and values outside ``choices``
+    (key -> allowed values, e.g. ``{"size": ("default", "tiny")}``) are errors naming the key.
     """
+    out = _parse(arg, defaults)
+    for key, allowed in (choices or {}).items():
+        if out[key] not in allowed:
+            raise ValueError(f"config argument {key!r} must be one of {', '.join(map(str, allowed))}, "
+                             f"got {out[key]!r}")
+    return out
+
+
+def _parse(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
     out = ml_collections.ConfigDict(defaults)
     if not arg:
         return out

@@ -44,3 +44,17 @@ def test_main_rejects_unknown_key_and_wrong_type(tmp_path, override, needle):
 def test_config_argument_errors_name_the_key(tmp_path):
     r = _run(["--config", "configs/tempclr.py:bogus=1", "--workdir", str(tmp_path)], tmp_path, 120)
     assert r.returncode != 0 and "bogus" in r.stderr
+
+
+def test_config_arguments_are_checked_against_their_choices():
+    from handjax.config_utils import parse_arg
+    from handjax.configs.tempclr import get_config
+
+    a = parse_arg("size=tiny", choices=dict(size=("default", "tiny")), size="default")
+    assert a.size == "tiny"
+    with pytest.raises(ValueError, match="config argument 'size' must be one of default, tiny, got 'huge'"):
+        parse_arg("size=huge", choices=dict(size=("default", "tiny")), size="default")
+    with pytest.raises(ValueError, match="config argument 'recipe' must be one of default, freihand, ho3d"):
+        get_config("recipe=interhand")
+    with pytest.raises(ValueError, match="unknown key 'sise'"):
+        get_config("sise=tiny")

@@ -14,11 +14,8 @@ def _schedule(num_steps: int, lr: float) -> dict:
 
 def get_config(arg=None):
     """InterWild's config (``configs/interwild.py`` documents the arguments)."""
-    a = parse_arg(arg, recipe="default", size="default")
-    if a.recipe not in ("default", "paper"):
-        raise ValueError(f"config argument 'recipe' must be default or paper, got {a.recipe!r}")
-    if a.size not in ("default", "tiny"):
-        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    a = parse_arg(arg, recipe="default", size="default",
+                  choices=dict(recipe=("default", "paper"), size=("default", "tiny")))
     c = ml_collections.ConfigDict()
     c.system = "interwild"
     c.seed = 0

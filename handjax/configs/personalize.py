@@ -9,11 +9,8 @@ CONFIDENCE_WEIGHTS = dict(ranking=1.0)  # the conf stage's loss is the ranking l
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, recipe="default", size="default")
-    if a.recipe not in ("default", "dexycb"):
-        raise ValueError(f"config argument 'recipe' must be default or dexycb, got {a.recipe!r}")
-    if a.size not in ("default", "tiny"):
-        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    a = parse_arg(arg, recipe="default", size="default",
+                  choices=dict(recipe=("default", "dexycb"), size=("default", "tiny")))
     c = ml_collections.ConfigDict()
     c.system = "personalize"
     c.seed = 0

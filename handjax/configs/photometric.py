@@ -19,11 +19,8 @@ def _consist_stage(steps, batch, lr, weights, lambda_consist, lambda_data, ramp,
 
 def get_config(arg=None):
     """handobjectconsist's config (``configs/photometric.py`` documents the arguments)."""
-    a = parse_arg(arg, recipe="default", size="default", control=True)
-    if a.recipe not in RECIPES:
-        raise ValueError(f"config argument 'recipe' must be one of {RECIPES}, got {a.recipe!r}")
-    if a.size not in ("default", "tiny"):
-        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    a = parse_arg(arg, recipe="default", size="default", control=True,
+                  choices=dict(recipe=RECIPES, size=("default", "tiny")))
     c = ml_collections.ConfigDict()
     c.system = "photometric"
     c.seed = 0

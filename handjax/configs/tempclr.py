@@ -16,11 +16,8 @@ RECIPE_CROPS = {"freihand": dict(crop_from="image", bbox_pad=1.0),  # the whole 
 
 def get_config(arg=None):
     """TempCLR's config (``configs/tempclr.py`` documents the arguments)."""
-    a = parse_arg(arg, recipe="default", pretrain=True, size="default")
-    if a.recipe not in ("default", "freihand", "ho3d"):
-        raise ValueError(f"config argument 'recipe' must be default, freihand or ho3d, got {a.recipe!r}")
-    if a.size not in ("default", "tiny"):
-        raise ValueError(f"config argument 'size' must be default or tiny, got {a.size!r}")
+    a = parse_arg(arg, recipe="default", pretrain=True, size="default",
+                  choices=dict(recipe=("default", "freihand", "ho3d"), size=("default", "tiny")))
     c = ml_collections.ConfigDict()
     c.system = "tempclr"
     c.seed = 0
