@@ -43,8 +43,9 @@ def get_config(arg=None):
                    input_norm="unit", conv_impl="auto", backbone_init="kaiming")
     # Sized for ~10-15 minutes on 2 CPU cores including the data build (~2 min).
     # micro_batches: upstream's gradient accumulation (2 x 32): the batch in k parts, BN statistics per part.
-    c.train = dict(num_steps=1500, batch_size=32, micro_batches=1, loss_weights=dict(DEFAULT_WEIGHTS),
-                   optim=_step_schedule(1e-3, 1500), log_every=50, checkpoint_every=500, keep_checkpoints=2,
+    # lr 1e-3 (upstream 1e-4 starts from ImageNet weights; here everything trains from scratch)
+    c.train = dict(num_steps=1200, batch_size=16, micro_batches=1, loss_weights=dict(DEFAULT_WEIGHTS),
+                   optim=_step_schedule(1e-3, 1200), log_every=50, checkpoint_every=400, keep_checkpoints=2,
                    summary_every=500, eval_every=0, eval_split="test", eval_batches=0)
     # root_depth: 'gt' (ground-truth wrist depths) or 'rootnet' (InterHand2.6M's RootNet depths, DIGIT's release)
     c.eval = dict(split="test", batch_size=64, checkpoint="", root_depth="gt")
