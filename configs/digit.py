@@ -1,8 +1,8 @@
 r"""DIGIT: HRNet + probabilistic per-pixel part segmentation fused into 2.5D two-hand keypoints.
 
 Default: trained from scratch on the built-in two-hand scenes (square crops around both hands),
-a narrow HRNet and head at 64x64, sized for a 2-core CPU (about 15 minutes including the data
-build), then evaluated with DIGIT's InterHand2.6M rules next to the trivial baselines:
+a narrow HRNet and head at 64x64, sized for a 2-core CPU (11 minutes of training steps; compiling the
+train step took 26 more minutes on a loaded 2-core machine), then evaluated with DIGIT's InterHand2.6M rules next to the trivial baselines:
 
   python -m handjax.main --config configs/digit.py --workdir /tmp/digit
 

@@ -41,7 +41,8 @@ def get_config(arg=None):
     # input_norm: 'unit' = DIGIT's RGB / 255 input (the pipelines' ImageNet normalisation is undone in the model)
     c.model = dict(backbone="hrnet_w18_small", backbone_kw=dict(width=8, layer1_planes=16), spec=dict(SMALL_SPEC),
                    input_norm="unit", conv_impl="auto", backbone_init="kaiming")
-    # Sized for ~10-15 minutes on 2 CPU cores including the data build (~2 min).
+    # Measured once on 2 CPU cores shared with other jobs: 67 min, of which 25.7 compiling the train step (Winograd
+    # convolutions; far less on an idle machine) and ~11 for the 1200 steps (1.5-2 step/s); target: 10-15 min idle.
     # micro_batches: upstream's gradient accumulation (2 x 32): the batch in k parts, BN statistics per part.
     # lr 1e-3 (upstream 1e-4 starts from ImageNet weights; here everything trains from scratch)
     c.train = dict(num_steps=1200, batch_size=16, micro_batches=1, loss_weights=dict(DEFAULT_WEIGHTS),
