@@ -98,7 +98,7 @@ class JaxRunner:
             params, rest, opt = state
 
             def f(p):
-                m = nnx.merge(graphdef, p, rest)
+                m = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, rest), copy=True)
                 loss, _ = loss_fn(m, data, None, weights=DEFAULT_WEIGHTS, image_size=size)
                 return loss, nnx.state(m, nnx.Not(nnx.Param))
 
@@ -140,7 +140,7 @@ class TorchRunner:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         size = batch["image"].shape[1]
         t = encode_targets({k: jnp.asarray(v) for k, v in batch.items() if k != "unit"}, size, size // 4)
-        self.t = {k: torch.from_numpy(np.asarray(v)) for k, v in t.items()}
+        self.t = {k: torch.from_numpy(np.array(v)) for k, v in t.items()}
         self.t["segm"] = self.t["segm"].long()
         self.x = torch.from_numpy(batch["unit"]).permute(0, 3, 1, 2).contiguous()
         self.parents = torch.tensor(PARENTS_21)
