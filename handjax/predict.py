@@ -43,6 +43,9 @@ _FOCAL = flags.DEFINE_float("focal_length", 0.0, "Focal length in ORIGINAL image
                             "camera; <= 0: max(height, width) of each image.")
 _PAD = flags.DEFINE_float("bbox_pad", 1.5, "Crop side / longer side of a hand box.")
 _ZOOM = flags.DEFINE_integer("overlay_zoom", 1, "Enlarge the overlay PNGs by this integer factor (small images).")
+_SUBJECT = flags.DEFINE_string("subject_shape", None, "JSON {\"betas\": [10 numbers]} of the person's calibrated "
+                               "shape, for systems that take one (personalize); sets config key "
+                               "predict.subject_shape.")
 _VERBOSE = flags.DEFINE_boolean("verbose", False, "Show the full traceback of errors.")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 flags.mark_flags_as_required(["config", "checkpoint", "images", "out"])
@@ -107,6 +110,11 @@ def predict_main(argv) -> int:
 
     logging.set_verbosity(logging.WARNING)
     cfg = _CONFIG.value
+    if _SUBJECT.value:
+        if "subject_shape" not in (cfg.get("predict") or {}):
+            raise ValueError(f"--subject_shape: system {cfg.system!r} takes no subject shape (its config has no key "
+                             f"predict.subject_shape)")
+        cfg.predict.subject_shape = _SUBJECT.value
     inputs = list(_IMAGES.value) + list(argv[1:])
     for extra in argv[1:]:
         if extra.startswith("-"):

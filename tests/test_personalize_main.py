@@ -120,7 +120,7 @@ def test_predict_with_a_subject_shape(tiny_run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "handjax.predict", "--config", "configs/personalize.py:size=tiny",
                         "--checkpoint", str(work / "baseline"), "--images", str(tmp_path / "img0.png"),
                         "--images", str(tmp_path / "img1.png"), "--out", str(tmp_path / "out"), "--batch_size", "2",
-                        f"--config.predict.subject_shape={tmp_path / 'shape.json'}", "--noprogress"],
+                        f"--subject_shape={tmp_path / 'shape.json'}", "--noprogress"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     for i in range(2):

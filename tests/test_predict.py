@@ -491,3 +491,20 @@ def test_converted_release_without_real_mano_is_an_error(trained, tmp_path):
     allowed = get_config("size=tiny")
     allowed.mano.allow_builtin = True
     assert load_predictor(allowed, str(release))[1] == -1
+
+
+def test_subject_shape_flag_is_refused_by_a_system_without_one(tmp_path):
+    """--subject_shape sets predict.subject_shape (personalize; tested end to end in test_personalize_main);
+    TempCLR has no such key: a one-line error naming the flag, before any checkpoint or image is read."""
+    from absl import flags
+
+    from handjax import predict
+
+    argv = ["predict", "--config", os.path.join(ROOT, "configs/tempclr.py") + ":size=tiny", "--checkpoint",
+            str(tmp_path / "none"), "--images", str(tmp_path / "none.png"), "--out", str(tmp_path / "out"),
+            "--subject_shape", str(tmp_path / "shape.json")]
+    flags.FLAGS.unparse_flags()
+    rest = predict.parse_flags(argv)
+    with pytest.raises(ValueError, match="--subject_shape: system 'tempclr' takes no subject shape"):
+        predict.predict_main(rest)
+    flags.FLAGS.unparse_flags()
