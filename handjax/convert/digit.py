@@ -37,16 +37,13 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
 from flax import nnx
 
+from handjax.convert.common import ConversionReport, Release, fill_from_state_dict, open_release, write_conversion
 from handjax.convert.mapping import Ignore, Rule
-from handjax.convert.state_dict import extract_state_dict
-from handjax.convert.tempclr import ConversionReport, _prepare_out_dir, _write, fill_from_state_dict
-from handjax.convert.torch_reader import PlaceholderWarning, load_torch_checkpoint
 from handjax.models.digit import DigitModel, DigitSpec
 from handjax.models.hrnet import torch_key_to_nnx_path
 
@@ -168,35 +165,27 @@ def digit_model_from_state_dict(sd: Mapping[str, np.ndarray], source: str = "sta
     return model, sizes, report
 
 
-def _read(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--checkpoint {path}: no such file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PlaceholderWarning)
-        obj, load_report = load_torch_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state dict or a Lightning checkpoint dict, got {type(obj).__name__}")
-    try:
-        sd, extract = extract_state_dict(obj, prefixes_to_strip=("model.",), nested_keys=("state_dict",))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
+def _strip_pose_reg(release: Release) -> dict:
+    """The release's state dict without the ``pose_reg.`` prefix every key must have (recorded in the report)."""
+    sd, path = release.state_dict, release.path
     bad = [k for k in sd if not k.startswith(PREFIX)]
     if bad:
         raise ValueError(f"{path}: expected every key to start with {PREFIX!r} (DIGIT's Model.pose_reg, after an "
                          f"optional 'model.'); {len(bad)} do not, e.g. {bad[:5]}")
-    sd = {k[len(PREFIX):]: v for k, v in sd.items()}
-    extract.stripped_prefixes = tuple(extract.stripped_prefixes) + (PREFIX,)
-    return obj, sd, load_report, extract
+    release.extract.stripped_prefixes = tuple(release.extract.stripped_prefixes) + (PREFIX,)
+    return {k[len(PREFIX):]: v for k, v in sd.items()}
 
 
 class DigitConversionReport(ConversionReport):
     """The shared conversion report, with DIGIT's model line."""
 
-    def summary(self, per_tensor: bool = True) -> str:
+    def model_line(self) -> str:
         m = self.meta
-        model = (f"  model: DIGIT, backbone {m['backbone']} (overrides {m['backbone_kw'] or 'none'}), head "
-                 f"{m['spec']}; {m['entries']} entries (released model: {m['released_entries']})")
-        lines = [model if line.startswith("  model: ") else line for line in super().summary(per_tensor).split("\n")]
+        return (f"model: DIGIT, backbone {m['backbone']} (overrides {m['backbone_kw'] or 'none'}), head "
+                f"{m['spec']}; {m['entries']} entries (released model: {m['released_entries']})")
+
+    def summary(self, per_tensor: bool = True) -> str:
+        lines = super().summary(per_tensor).split("\n")
         if self.extract.cast_to_float32:
             lines.insert(2, f"  cast to float32 (fp16 in the file): {len(self.extract.cast_to_float32)} tensors")
         return "\n".join(lines)
@@ -206,24 +195,26 @@ def convert_digit(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> 
     """Convert DIGIT's ``db7cba8c1.pt`` (or a Lightning ``.ckpt`` of it) into a handjax model-only
     checkpoint at ``out_dir`` (meta: ``system='digit'``, the detected sizes, ``converter``) with
     ``conversion_report.txt``. Returns the :class:`ConversionReport`."""
-    path = os.path.abspath(os.fspath(checkpoint))
-    out = _prepare_out_dir(out_dir, path)
-    obj, sd, load_report, extract = _read(path)
+    release = open_release(checkpoint, out_dir, expected="db7cba8c1.pt or a Lightning .ckpt of it",
+                           nested_keys=("state_dict",), prefixes_to_strip=("model.",),
+                           contents="a state dict or a Lightning checkpoint dict")
+    path = release.path
+    sd = _strip_pose_reg(release)
     model, sizes, mapping = digit_model_from_state_dict(sd, source=path)
-    epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
     meta = {"system": "digit", "source": path, "backbone": sizes["backbone"],
             "backbone_kw": {k: (list(map(list, v)) if k == "stages" else v)
                             for k, v in _backbone_kw_overrides(sizes["backbone_kw"]).items()},
             "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sizes["spec"].items()},
             "entries": len(sd), "released_entries": RELEASED_ENTRIES,
-            "epoch": epoch if isinstance(epoch, int) else None, "input_norm": "unit",
+            "epoch": release.int_entry("epoch"), "input_norm": "unit",
             "converter": "handjax.convert.digit.convert_digit"}
     notes = []
     if len(sd) != RELEASED_ENTRIES:
         notes.append(f"{len(sd)} state-dict entries (the released HRNet-W32 DIGIT has {RELEASED_ENTRIES}): sizes "
                      f"read from the keys: backbone_kw={meta['backbone_kw']}, spec={meta['spec']}")
-    report = DigitConversionReport("digit", path, None, 32, load_report, extract, mapping, meta, notes=notes)
-    _write(model, out, meta, report)
+    report = DigitConversionReport("digit", path, None, 32, release.load, release.extract, mapping, meta,
+                                   notes=notes)
+    write_conversion(model, release.out_dir, meta, report)
     return report
 
 

@@ -38,7 +38,8 @@ from flax import nnx
 
 from handjax.convert.mapping import ConversionError, Ignore, Rule, apply_rules, flatten_tree, path_str
 from handjax.convert.rules_torchvision import torchvision_resnet_rules
-from handjax.convert.tempclr import ConversionReport, _load_state_dict, _prepare_out_dir, _write, detect_resnet_depth
+from handjax.convert.common import ConversionReport, open_release, write_conversion
+from handjax.convert.tempclr import detect_resnet_depth
 from handjax.models.meshregnet import MeshRegNet
 
 CONVERTER = "handjax.convert.handobjectconsist.convert_handobjectconsist"
@@ -115,24 +116,20 @@ def meshregnet_from_state_dict(state_dict: Mapping[str, np.ndarray], source_name
 
 def convert_handobjectconsist(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> ConversionReport:
     """Convert a libyana ``checkpoint_<epoch>.pth`` into a model-only checkpoint (module docstring)."""
-    path = os.path.abspath(os.fspath(checkpoint))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"--checkpoint {path} is a folder; expected checkpoint_<epoch>.pth")
-    out = _prepare_out_dir(out_dir, path)
-    obj, state_dict, load_report, extract_report = _load_state_dict(path, nested_keys=("state_dict",))
-    model, cfg, mapping = meshregnet_from_state_dict(state_dict, source_name=path)
-    epoch = obj.get("epoch")
+    release = open_release(checkpoint, out_dir, expected="checkpoint_<epoch>.pth", nested_keys=("state_dict",))
+    path = release.path
+    model, cfg, mapping = meshregnet_from_state_dict(release.state_dict, source_name=path)
     meta = dict(cfg, mano_neurons=list(cfg["mano_neurons"]), system="handobjectconsist", source=path,
-                epoch=epoch if isinstance(epoch, int) else None, converter=CONVERTER)
+                epoch=release.int_entry("epoch"), converter=CONVERTER)
     notes = [f"MeshRegNet: ResNet-{cfg['depth']}, MANO branch {list(cfg['mano_neurons'])}, {cfg['ncomps']} PCA "
              f"components, shape branch {'yes' if cfg['use_shape'] else 'no'}, FPHAB adaptor "
              f"{'yes (frozen)' if cfg['fhb_adaptor'] else 'no'}"]
     for key in ("optimizer", "scheduler"):
-        if key in obj:
+        if key in release.obj:
             notes.append(f"ignored the {key!r} entry (training state, not a model weight"
                          + ("; a pickled StepLR object, loaded as an inert placeholder)" if key == "scheduler"
                             else ")"))
-    report = ConversionReport("handobjectconsist", path, None, cfg["depth"], load_report, extract_report, mapping,
+    report = ConversionReport("handobjectconsist", path, None, cfg["depth"], release.load, release.extract, mapping,
                               meta, notes=notes)
-    _write(model, out, meta, report)
+    write_conversion(model, release.out_dir, meta, report)
     return report

@@ -39,8 +39,8 @@ from flax import nnx
 
 from handjax.convert.mapping import Ignore, Rule
 from handjax.convert.rules_torchvision import torchvision_resnet_rules
-from handjax.convert.tempclr import (ConversionReport, _load_state_dict, _prepare_out_dir, _write, detect_resnet_depth,
-                                     fill_from_state_dict)
+from handjax.convert.common import ConversionReport, fill_from_state_dict, open_release, write_conversion
+from handjax.convert.tempclr import detect_resnet_depth
 from handjax.models.idhandmesh import IdHandMeshModel
 
 KINDS = ("baseline", "confidence", "identity")
@@ -154,20 +154,16 @@ def convert_idhandmesh(checkpoint: str | os.PathLike, out_dir: str | os.PathLike
     either way). The metadata records the model's sizes (``handjax.convert.idhandmesh.build_model(meta)``
     rebuilds it); the model has no heatmap head (upstream's 2D network is a separate model).
     """
-    path = os.path.abspath(os.fspath(checkpoint))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"--checkpoint {path} is a folder; expected checkpoint_last.pt")
-    out = _prepare_out_dir(out_dir, path)
-    obj, state_dict, load_report, extract_report = _load_state_dict(path, nested_keys=("model_state_dict",))
-    model, cfg, mapping = idhandmesh_model_from_state_dict(state_dict, source_name=path)
+    release = open_release(checkpoint, out_dir, expected="checkpoint_last.pt", nested_keys=("model_state_dict",))
+    path = release.path
+    model, cfg, mapping = idhandmesh_model_from_state_dict(release.state_dict, source_name=path)
     if kind is not None and kind != cfg["kind"]:
         raise ValueError(f"{path}: --kind {kind} was given, but the keys describe the {cfg['kind']} model")
-    epoch = obj.get("epoch")
-    meta = dict(cfg, system="idhandmesh", source=path, epoch=epoch if isinstance(epoch, int) else None,
+    meta = dict(cfg, system="idhandmesh", source=path, epoch=release.int_entry("epoch"),
                 pose_hidden=list(cfg["pose_hidden"]), shape_hidden=list(cfg["shape_hidden"]),
                 conf_hidden=list(cfg["conf_hidden"]), converter="handjax.convert.idhandmesh.convert_idhandmesh")
-    report = ConversionReport("idhandmesh", path, None, cfg["depth"], load_report, extract_report, mapping, meta,
+    report = ConversionReport("idhandmesh", path, None, cfg["depth"], release.load, release.extract, mapping, meta,
                               notes=[f"{cfg['kind']} model: feature {cfg['feature_dim']}, {cfg['iterations']} pose "
                                      f"stages {list(cfg['pose_hidden'])}, {cfg['pose_mode']} updates"])
-    _write(model, out, meta, report)
+    write_conversion(model, release.out_dir, meta, report)
     return report

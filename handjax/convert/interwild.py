@@ -39,8 +39,8 @@ from flax import nnx
 
 from handjax.convert.mapping import Ignore, Rule
 from handjax.convert.rules_torchvision import _bn_rules, torchvision_resnet_rules
-from handjax.convert.tempclr import (ConversionReport, _load_state_dict, _prepare_out_dir, _write, detect_resnet_depth,
-                                     fill_from_state_dict)
+from handjax.convert.common import ConversionReport, fill_from_state_dict, open_release, write_conversion
+from handjax.convert.tempclr import detect_resnet_depth
 from handjax.models import interwild as iw
 
 CONVERTER = "handjax.convert.interwild.convert_interwild"
@@ -129,20 +129,15 @@ def interwild_model_from_state_dict(state_dict: Mapping[str, np.ndarray], source
 
 def convert_interwild(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> ConversionReport:
     """Convert ``snapshot_{epoch}.pth`` (``{'epoch', 'network', 'optimizer'}``) into a model-only checkpoint."""
-    path = os.path.abspath(os.fspath(checkpoint))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"--checkpoint {path} is a folder; expected snapshot_<epoch>.pth")
-    out = _prepare_out_dir(out_dir, path)
-    obj, state_dict, load_report, extract_report = _load_state_dict(path, nested_keys=("network",))
-    model, cfg, mapping = interwild_model_from_state_dict(state_dict, source_name=path)
-    epoch = obj.get("epoch")
-    meta = dict(cfg, system="interwild", source=path, epoch=epoch if isinstance(epoch, int) else None,
-                converter=CONVERTER)
+    release = open_release(checkpoint, out_dir, expected="snapshot_<epoch>.pth", nested_keys=("network",))
+    path = release.path
+    model, cfg, mapping = interwild_model_from_state_dict(release.state_dict, source_name=path)
+    meta = dict(cfg, system="interwild", source=path, epoch=release.int_entry("epoch"), converter=CONVERTER)
     notes = [f"InterWild: body ResNet-{cfg['body_depth']}, hand ResNet-{cfg['hand_depth']}, TransNet "
              f"ResNet-{cfg['trans_depth']}, {cfg['depth_bins']} depth bins, {cfg['trans_hm']}^3 heatmaps"]
-    if "optimizer" in obj:
+    if "optimizer" in release.obj:
         notes.append("ignored the 'optimizer' entry (Adam state: not a model weight)")
-    report = ConversionReport("interwild", path, None, cfg["body_depth"], load_report, extract_report, mapping, meta,
-                              notes=notes)
-    _write(model, out, meta, report)
+    report = ConversionReport("interwild", path, None, cfg["body_depth"], release.load, release.extract, mapping,
+                              meta, notes=notes)
+    write_conversion(model, release.out_dir, meta, report)
     return report

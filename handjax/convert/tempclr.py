@@ -40,23 +40,17 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from handjax.convert.mapping import Ignore, MappingReport, Rule, apply_rules, flatten_tree, path_str
+from handjax.convert.common import ConversionReport, fill_from_state_dict, open_release, write_conversion
+from handjax.convert.mapping import Ignore, Rule
 from handjax.convert.rules_torchvision import torchvision_resnet_rules
-from handjax.convert.state_dict import ExtractReport, extract_state_dict
-from handjax.convert.torch_reader import LoadReport, PlaceholderWarning, load_torch_checkpoint
 from handjax.models.resnet import RESNET_SPECS, ResNet  # RESNET_SPECS: depth -> (block kind, blocks per stage)
 from handjax.models.tempclr import NUM_PARAMS, TempCLRModel
-from handjax.models.checkpoint import is_model_checkpoint, save_model
 
 POINTER_NAME = "latest_checkpoint"
 TEMPCLR_HIDDEN = (1024, 1024)
@@ -260,50 +254,12 @@ def locate_checkpoint(path: str | os.PathLike) -> tuple[str, Optional[str], Opti
 # ----------------------------------------------------------------------------
 
 
-@dataclass
-class ConversionReport:
-    """Everything one conversion did.
+class TempCLRConversionReport(ConversionReport):
+    """The shared :class:`~handjax.convert.common.ConversionReport`, naming TempCLR's regressor head."""
 
-    system: 'tempclr' | 'torchvision-resnet'; checkpoint: the file read;
-    pointer: the ``latest_checkpoint`` followed (or None); out_dir: where the
-    model-only checkpoint was written (None if not written); depth: backbone
-    depth; load / extract / mapping: reports of the three steps; meta: the
-    metadata saved with the checkpoint.
-    """
-
-    system: str
-    checkpoint: str
-    pointer: Optional[str]
-    depth: int
-    load: LoadReport
-    extract: ExtractReport
-    mapping: MappingReport
-    meta: dict = field(default_factory=dict)
-    out_dir: Optional[str] = None
-    notes: list = field(default_factory=list)
-
-    def summary(self, per_tensor: bool = True) -> str:
-        """Readable report; ``per_tensor`` lists every tensor (assigned or ignored, with the reason)."""
-        via = f" (via {self.pointer})" if self.pointer else ""
-        lines = [f"{self.system}: {self.checkpoint}{via}"] + [f"  note: {n}" for n in self.notes]
-        lines.append("  " + self.load.summary().replace("\n", "\n  "))
-        if self.extract.nested_path or self.extract.stripped_prefixes:
-            lines.append(f"  state dict under {'/'.join(self.extract.nested_path) or 'the root'}"
-                         + (f", prefixes stripped: {list(self.extract.stripped_prefixes)}"
-                            if self.extract.stripped_prefixes else ""))
-        for entry in self.extract.skipped:
-            lines.append(f"  skipped non-tensor entry {entry}")
-        head = (f" + TempCLR regressor (hidden {list(TEMPCLR_HIDDEN)}, {TEMPCLR_NUM_STAGES} stages)"
-                if self.system == "tempclr" else "")
-        lines.append(f"  model: ResNet-{self.depth}{head}")
-        lines.append("  " + self.mapping.summary().replace("\n", "\n  "))
-        if per_tensor:
-            lines += [f"    used     {src} -> {dst} [{tr}]" for src, dst, tr in self.mapping.assigned]
-            lines += [f"    ignored  {src}: {reason}" for src, reason in self.mapping.ignored]
-            lines += [f"    cast     {entry}" for entry in self.mapping.cast]
-        if self.out_dir:
-            lines.append(f"written: {self.out_dir} (handjax model-only checkpoint)")
-        return "\n".join(lines)
+    def model_line(self) -> str:
+        return (f"model: ResNet-{self.depth} + TempCLR regressor (hidden {list(TEMPCLR_HIDDEN)}, "
+                f"{TEMPCLR_NUM_STAGES} stages)")
 
 
 def build_tempclr_model(depth: int, seed: int = 0, abstract: bool = False):
@@ -316,25 +272,6 @@ def build_tempclr_model(depth: int, seed: int = 0, abstract: bool = False):
     make = lambda: TempCLRModel(backbone=f"resnet{depth}", rngs=nnx.Rngs(seed), num_stages=TEMPCLR_NUM_STAGES,
                                 hidden=TEMPCLR_HIDDEN, projection=None)
     return nnx.eval_shape(make) if abstract else make()
-
-
-def fill_from_state_dict(abstract_model, state_dict: Mapping[str, np.ndarray], rules: list[Rule | Ignore], *,
-                         source_name: str = "state dict"):
-    """``(model, MappingReport)``: ``abstract_model``'s graph with EVERY variable taken from ``state_dict``.
-
-    abstract_model: an nnx module, typically from ``nnx.eval_shape`` (nothing is
-    initialised, so conversion costs no random-init compilation). All variables
-    (Param, BatchStat, Buffer, ...) are targets of the strict mapping, so a
-    variable no rule fills is reported as missing (ConversionError). float
-    sources are cast to the target float dtype (listed in ``report.cast``).
-    """
-    graphdef, state = nnx.split(abstract_model)
-    tree, report = apply_rules(state_dict, rules, nnx.to_pure_dict(state), allow_cast=True, source_name=source_name)
-    unfilled = [path_str(p) for p, leaf in flatten_tree(tree).items() if isinstance(leaf, jax.ShapeDtypeStruct)]
-    if unfilled:  # only leaves kept by the MANO guard can get here; this model must not have any
-        raise ValueError(f"{source_name}: model variables left without a value: {unfilled}")
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, tree))
-    return nnx.merge(graphdef, state), report
 
 
 def tempclr_model_from_state_dict(state_dict: Mapping[str, np.ndarray], depth: Optional[int] = None,
@@ -354,40 +291,6 @@ def tempclr_model_from_state_dict(state_dict: Mapping[str, np.ndarray], depth: O
     return model, detected, report
 
 
-def _load_state_dict(path: str, nested_keys: tuple[str, ...]):
-    """(obj, state dict, LoadReport, ExtractReport) of a torch.save file, torch-free."""
-    with warnings.catch_warnings():  # placeholders are listed in the report instead
-        warnings.simplefilter("ignore", PlaceholderWarning)
-        obj, load_report = load_torch_checkpoint(path)
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a checkpoint dict or state dict, got {type(obj).__name__}")
-    try:
-        state_dict, extract_report = extract_state_dict(obj, prefixes_to_strip=("module.",), nested_keys=nested_keys)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e
-    return obj, state_dict, load_report, extract_report
-
-
-def _prepare_out_dir(out_dir: str | os.PathLike, checkpoint: str) -> str:
-    """Absolute ``out_dir``; refuses a non-empty folder that is not a handjax model checkpoint."""
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.isfile(out_dir):
-        raise FileExistsError(f"--out {out_dir} is a file; expected a (new) directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not is_model_checkpoint(out_dir):
-        raise FileExistsError(f"--out {out_dir} exists, is not empty and is not a handjax model checkpoint; "
-                              "refusing to write into it")
-    if os.path.dirname(checkpoint) == out_dir:
-        raise FileExistsError(f"--out {out_dir} is the folder of the source checkpoint; choose another directory")
-    return out_dir
-
-
-def _write(model, out_dir: str, meta: dict, report: ConversionReport) -> None:
-    save_model(model, out_dir, meta)
-    report.out_dir = out_dir
-    with open(os.path.join(out_dir, "conversion_report.txt"), "w") as fh:
-        fh.write(report.summary(per_tensor=True) + "\n")
-
-
 def convert_tempclr(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> ConversionReport:
     """Convert a released TempCLR checkpoint into a handjax model-only checkpoint at ``out_dir``.
 
@@ -403,17 +306,15 @@ def convert_tempclr(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -
     Returns the :class:`ConversionReport`.
     """
     path, pointer, note = locate_checkpoint(checkpoint)
-    out = _prepare_out_dir(out_dir, path)
-    obj, state_dict, load_report, extract_report = _load_state_dict(path, nested_keys=("model", "state_dict"))
-    model, depth, mapping = tempclr_model_from_state_dict(state_dict, source_name=path)
-    iteration = obj.get("iteration")
+    release = open_release(path, out_dir, expected="TempCLR's checkpoint file", nested_keys=("model", "state_dict"))
+    model, depth, mapping = tempclr_model_from_state_dict(release.state_dict, source_name=path)
     meta = {"system": "tempclr", "depth": depth, "source": path, "pointer": pointer,
             "hidden": list(TEMPCLR_HIDDEN), "num_stages": TEMPCLR_NUM_STAGES, "projection": None,
-            "iteration": iteration if isinstance(iteration, int) else None,
+            "iteration": release.int_entry("iteration"),
             "converter": "handjax.convert.tempclr.convert_tempclr"}
-    report = ConversionReport("tempclr", path, pointer, depth, load_report, extract_report, mapping, meta,
-                              notes=[note] if note else [])
-    _write(model, out, meta, report)
+    report = TempCLRConversionReport("tempclr", path, pointer, depth, release.load, release.extract, mapping, meta,
+                                     notes=[note] if note else [])
+    write_conversion(model, release.out_dir, meta, report)
     return report
 
 
@@ -427,19 +328,18 @@ def convert_torchvision_resnet(checkpoint: str | os.PathLike, out_dir: str | os.
     classifier). Load the result with
     ``handjax.models.checkpoint.load_model(ResNet(depth, rngs=...), out_dir)``.
     """
-    path = os.path.abspath(os.fspath(checkpoint))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"--checkpoint {path} is a folder; expected a torchvision .pth file")
-    out = _prepare_out_dir(out_dir, path)
-    _, state_dict, load_report, extract_report = _load_state_dict(
-        path, nested_keys=("state_dict", "model", "model_state_dict", "net", "network", "weights", "params"))
-    detected = detect_resnet_depth(state_dict, "", path)
+    release = open_release(checkpoint, out_dir, expected="a torchvision .pth file",
+                           nested_keys=("state_dict", "model", "model_state_dict", "net", "network", "weights",
+                                        "params"))
+    path = release.path
+    detected = detect_resnet_depth(release.state_dict, "", path)
     if depth is not None and int(depth) != detected:
         raise ValueError(f"{path}: --depth {depth} was given, but the keys describe a ResNet-{detected}")
     abstract = nnx.eval_shape(lambda: ResNet(detected, rngs=nnx.Rngs(0)))
-    model, mapping = fill_from_state_dict(abstract, state_dict, torchvision_resnet_rules(), source_name=path)
+    model, mapping = fill_from_state_dict(abstract, release.state_dict, torchvision_resnet_rules(), source_name=path)
     meta = {"system": "torchvision-resnet", "depth": detected, "source": path,
             "converter": "handjax.convert.tempclr.convert_torchvision_resnet"}
-    report = ConversionReport("torchvision-resnet", path, None, detected, load_report, extract_report, mapping, meta)
-    _write(model, out, meta, report)
+    report = ConversionReport("torchvision-resnet", path, None, detected, release.load, release.extract, mapping,
+                              meta)
+    write_conversion(model, release.out_dir, meta, report)
     return report
