@@ -75,6 +75,10 @@ def test_the_confidence_stage_trains_only_its_branch(tiny_run):
     assert changed and all(k[0] == "conf" for k in changed)
     sb, sc = flat(base, nnx.BatchStat), flat(conf, nnx.BatchStat)  # BN statistics kept updating, as upstream
     assert any(not np.array_equal(sb[k], sc[k]) for k in sb)
+    again = personalize.build_model(cfg, "baseline", 3)
+    restore_model(again, str(work / "confidence"))  # no filter: the checkpoint records its trainable split
+    ca, cc = flat(again, ...), flat(conf, ...)
+    assert sorted(ca) == sorted(cc) and all(np.array_equal(ca[k], cc[k]) for k in cc)
 
 
 def test_ground_truth_is_the_datasets_meshes(tiny_run):

@@ -206,6 +206,16 @@ def _read_saved_tree(path: epath.Path) -> dict:
     return getattr(getattr(saved, "item_metadata", saved), "tree", saved)
 
 
+def saved_leaf_paths(tree) -> List[Tuple[str, ...]]:
+    """The leaf paths of a saved tree (Orbax metadata or arrays) as tuples of strings, in tree order.
+
+    E.g. ``('l2', 'kernel', 'value')`` for the ``params`` entry of a train state whose ``l2.kernel``
+    is trainable (nnx variables are saved as ``{'value': array}``).
+    """
+    return [tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 class Checkpointer:
     """Save/restore ``{state, data}`` steps under ``directory`` (local path or gs://).
 
@@ -315,6 +325,25 @@ class Checkpointer:
         args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
                                       restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
         return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+    def saved_tree(self, step: int) -> dict:
+        """The tree metadata (shapes, dtypes) of step ``step``'s saved train state, read without restoring it.
+
+        Raises FileNotFoundError naming the path when the step has no train state, and ValueError
+        naming it when its metadata cannot be read.
+        """
+        path = epath.Path(self.directory) / str(step) / "state"
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint step {step} in {self.directory} has no train state ({path})")
+        try:
+            tree = _read_saved_tree(path)
+        except Exception as e:  # noqa: BLE001 -- any unreadable metadata is reported with its path
+            raise ValueError(f"cannot read the saved train state of checkpoint step {step} ({path}): "
+                             f"{brief_reason(e)}") from e
+        if not isinstance(tree, dict):
+            raise ValueError(f"{path}: expected a saved train state (a dict with 'params' and 'rest'), "
+                             f"got {type(tree).__name__}")
+        return tree
 
     def restore_data(self, step: int, data_iter) -> bool:
         """Set ``data_iter``'s state from ``step`` if the checkpoint holds one for this process.

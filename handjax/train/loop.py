@@ -37,8 +37,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from handjax import distributed
 from handjax.distributed import PreemptionGuard, barrier
 from handjax.sharding import global_batch, make_mesh, replicate  # noqa: F401 (re-exported)
-from handjax.models.checkpoint import is_model_checkpoint, load_model, model_state, resolve_path
-from handjax.train.checkpoint import Checkpointer
+from handjax.models.checkpoint import is_model_checkpoint, load_model, resolve_path
+from handjax.train.checkpoint import Checkpointer, saved_leaf_paths
 from handjax.train.optim import make_optimizer
 
 
@@ -135,15 +135,31 @@ def init_state(model: nnx.Module, trainable, tx) -> tuple:
     return graphdef, state
 
 
-def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None, trainable=nnx.Param) -> int:
+def saved_trainable(saved_params):
+    """The nnx filter of the variables a checkpoint stores under "params" (its stage's ``Task.trainable``).
+
+    saved_params: the saved tree of a train state's "params" entry (``Checkpointer.saved_tree(step)
+    ["params"]``: leaves at ``<variable path>/value``). A variable path that is not in it (e.g. a
+    model of another config) is not selected: it is looked for under "rest" and reported there.
+    """
+    stored = {leaf[:i] for leaf in saved_leaf_paths(saved_params) for i in range(1, len(leaf) + 1)}
+    return lambda path, _: tuple(map(str, path)) in stored
+
+
+def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None, trainable=None) -> int:
     """Load the model part of a checkpoint written by ``train`` into ``model``; returns the step.
 
     Builds no optimizer: only the parameters and the other model state are read. Also accepts
     a model-only checkpoint (``handjax.models.checkpoint.save_model``, e.g. from a converter);
     then returns -1. Raises FileNotFoundError naming the directory if there is none, and
-    ValueError listing the differing keys if the checkpoint does not fit ``model``.
-    ``trainable``: the ``Task.trainable`` filter the stage trained with (its checkpoint stores
-    those variables as "params" and the others as "rest").
+    ValueError naming the checkpoint and listing the differing keys (e.g.
+    ``not in the model: params/head/kernel/value``) if the checkpoint does not fit ``model``.
+
+    A train checkpoint stores the ``Task.trainable`` variables of its stage as "params" and the
+    others as "rest"; which is which is read from the saved tree (:func:`saved_trainable`), so a
+    stage trained with any filter (e.g. only a head) restores without being told it.
+    ``trainable``: None (read it from the checkpoint), or the filter the stage trained with (it
+    must agree with the checkpoint).
     """
     if is_model_checkpoint(workdir):
         load_model(model, workdir)
@@ -156,8 +172,13 @@ def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None, t
         step = ckpt.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        target = (model_state(model) if trainable is nnx.Param else
-                  {"params": nnx.state(model, trainable), "rest": nnx.state(model, nnx.Not(trainable))})
+        if trainable is None:
+            saved = ckpt.saved_tree(step)
+            if "params" not in saved:
+                raise ValueError(f"checkpoint step {step} in {directory}: the saved train state has no 'params' "
+                                 f"entry (found {sorted(saved)}); expected one written by handjax.train.loop.train")
+            trainable = saved_trainable(saved["params"])
+        target = {"params": nnx.state(model, trainable), "rest": nnx.state(model, nnx.Not(trainable))}
         state = ckpt.restore_subset(step, target)
     finally:
         ckpt.close()

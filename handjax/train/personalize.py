@@ -97,9 +97,6 @@ def baseline_task(ctx) -> Task:
 CONF_ONLY = nnx.All(nnx.Param, nnx.PathContains("conf"))  # the confidence stage trains only this branch
 
 
-STAGE_TRAINABLE = {"confidence": CONF_ONLY}  # how each stage's checkpoint splits "params" / "rest"
-
-
 def confidence_task(ctx) -> Task:
     return _task(ctx, "baseline", trainable=CONF_ONLY)
 
@@ -114,7 +111,7 @@ def _trained(ctx, models, stage: str, kind: str):
     if stage in models:
         return models[stage]
     model = build_model(ctx.cfg, kind)
-    restore_model(model, os.path.join(ctx.workdir, stage), trainable=STAGE_TRAINABLE.get(stage, nnx.Param))
+    restore_model(model, os.path.join(ctx.workdir, stage))  # the checkpoint records its stage's trainable split
     return model
 
 
