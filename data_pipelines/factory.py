@@ -292,15 +292,38 @@ class FPHABAdapter(RecordAdapter):
     (handobjectconsist fits, flat mean) -> ``mano_pose`` / ``betas`` / ``transl`` with
     ``has_mano`` = ``has_transl`` = ``mano/valid``; ``object/pose`` (4, 4) -> ``object_pose``
     with ``has_object`` (not transformed by the crop augmentation); ``subject`` ('Subject_3')
-    -> ``subject_id`` (3)."""
+    -> ``subject_id`` (3). With ``objects`` (the object meshes, ``data.object_models``:
+    :mod:`data_pipelines.object_models`) also the known-object labels that follow the crop
+    (``object_id``, ``object_rot`` / ``object_transl`` / ``object_vertices``,
+    ``object_vertex_valid``) and the frame's ``jitter_mask``."""
+
+    def __init__(self, objects=None):
+        self.objects = objects
 
     def kinds(self, kinds):
         kinds = {k: v for k, v in kinds.items() if not k.startswith(("mano/", "object/"))}
         kinds.update({k: "tensor" for k in ("mano_pose", "betas", "transl", "has_mano", "has_transl",
                                             "object_pose", "has_object", "subject_id")})
+        if self.objects is not None:
+            from data_pipelines.object_models import OBJECT_KINDS
+
+            kinds.update({k: "tensor" for k in OBJECT_KINDS})
         return kinds
 
     def adapt(self, raw):
+        raw = self._adapt(raw)
+        if self.objects is not None:
+            from data_pipelines import object_models as om
+
+            pose, valid = raw["object_pose"], bool(raw["has_object"])
+            where = f"FPHAB record {_text(raw['subject'])}/{_text(raw['action'])}/{_text(raw['sequence'])}: "
+            oid = self.objects.index(raw["object_name"], where) if valid else 0
+            raw.update(om.object_labels(self.objects, oid, pose[:3, :3], pose[:3, 3], valid))
+            raw["jitter_mask"] = om.jitter_mask(raw["image"])
+        raw.pop("object_name")
+        return raw
+
+    def _adapt(self, raw):
         raw = dict(raw)
         valid = np.bool_(bool(raw.pop("mano/valid")))
         raw["mano_pose"], raw["betas"], raw["transl"] = (np.asarray(raw.pop(f"mano/{k}"), np.float32)
@@ -308,10 +331,52 @@ class FPHABAdapter(RecordAdapter):
         raw["has_mano"] = raw["has_transl"] = valid
         raw["object_pose"] = np.asarray(raw.pop("object/pose"), np.float32)
         raw["has_object"] = np.bool_(bool(raw.pop("object/valid")))
-        raw.pop("object/name", None)
+        raw["object_name"] = _text(raw.pop("object/name", b""))
         digits = re.findall(r"\d+", _text(raw["subject"]))
         raw["subject_id"] = np.int64(int(digits[-1]) if digits else -1)
         return raw
+
+
+def _fphab_adapter(data_cfg) -> FPHABAdapter:
+    from data_pipelines.object_models import configured_objects
+
+    return FPHABAdapter(configured_objects("fphab", data_cfg))
+
+
+class HO3DObjectAdapter(RecordAdapter):
+    """HO3D records with the known-object labels of ``objects`` (``data.object_models``): ``obj_name`` ->
+    ``object_id``, the model pose (``obj_rot`` axis-angle, ``obj_trans``, OpenCV) -> ``object_rot`` /
+    ``object_transl`` / ``object_vertices`` / ``object_vertex_valid`` (:func:`data_pipelines.object_models.
+    object_labels`), and the frame's ``jitter_mask``. Without object models HO3D records need no adapter."""
+
+    def __init__(self, objects):
+        self.objects = objects
+
+    def kinds(self, kinds):
+        from data_pipelines.object_models import OBJECT_KINDS
+
+        return dict(kinds, **{k: "tensor" for k in OBJECT_KINDS})
+
+    def adapt(self, raw):
+        from data_pipelines import object_models as om
+        from data_pipelines.transforms import axis_angle_to_matrix
+
+        raw = dict(raw)
+        valid = bool(raw["has_object"])
+        name = _text(raw["obj_name"])
+        oid = self.objects.index(name, f"HO3D record {_text(raw['sequence'])}/{int(raw['frame_index']):04d}: ") \
+            if valid else 0
+        rot = axis_angle_to_matrix(np.asarray(raw["obj_rot"], np.float64))
+        raw.update(om.object_labels(self.objects, oid, rot, raw["obj_trans"], valid))
+        raw["jitter_mask"] = om.jitter_mask(raw["image"])
+        return raw
+
+
+def _ho3d_adapter(data_cfg) -> Optional[HO3DObjectAdapter]:
+    from data_pipelines.object_models import configured_objects
+
+    objects = configured_objects("ho3d", data_cfg)
+    return None if objects is None else HO3DObjectAdapter(objects)
 
 
 @dataclasses.dataclass
@@ -668,7 +733,7 @@ DATASETS: Dict[str, Dataset] = {
                         subset_keys=("image_id", None), holdout="first"),
     "ho3d": Dataset("data_pipelines.ho3d", "v2", "ho3d", _HAND_LABELS + ("bbox", "object"), video=True,
                     eval_crop=dict(crop_from="bbox", bbox_pad=2.0), config_aliases=dict(default="v2"),
-                    build_kwargs=_ho3d_build_kwargs, subset_keys=("eval_index", "sequence"),
+                    build_kwargs=_ho3d_build_kwargs, adapter=_ho3d_adapter, subset_keys=("eval_index", "sequence"),
                     holdout="random_frames"),
     # HanCo (the FreiHAND authors' multi-view videos; each camera of a sequence is a video): pretraining video
     "hanco": Dataset("data_pipelines.hanco", "default", "freihand", ("joints2d", "joints3d", "mano"), video=True,
@@ -679,7 +744,7 @@ DATASETS: Dict[str, Dataset] = {
                       subset_keys=("toolkit_index", None)),
     "fphab": Dataset("data_pipelines.fphab", "hand_object_480", "manopth",
                      ("joints2d", "joints3d", "mano", "transl", "object", "subject_id"), video=True,
-                     config_aliases=dict(default="hand_object_480"), adapter=lambda cfg: FPHABAdapter(),
+                     config_aliases=dict(default="hand_object_480"), adapter=_fphab_adapter,
                      subset_keys=(None, "sequence")),
     "interhand": Dataset("data_pipelines.interhand", "5fps_hm", "ih26m",
                          ("joints2d", "joints3d", "mano", "transl", "bbox", "part_seg", "subject_id"), video=True,

@@ -27,7 +27,10 @@ def get_config(arg=None):
     c.stages = "supervised,control,consistency,eval" if a.control else "supervised,consistency,eval"
     c.mano = dict(model_path="", allow_builtin=False)
     # whole frames (crop = the image), no spatial jitter, colour jitter shared by the two frames of a pair
-    c.data = dict(name="hand_object", builder_config="default", data_dir="", image_size=64,
+    # object_models: the real datasets' object-mesh folder (FPHAB Object_models/, HO3D modelsprocess/ or YCB
+    # models/; empty: the default under manual_dir), see data_pipelines/object_models.py
+    c.data = dict(name="hand_object", builder_config="default", data_dir="", manual_dir="", object_models="",
+                  mano_model="", image_size=64,
                   joint_convention="freihand", num_workers=0,
                   augment=dict(crop_from="image", bbox_pad=1.0, scale=0.0, rotation=0.0, shift=0.0, flip="none",
                                brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
@@ -52,7 +55,7 @@ def get_config(arg=None):
     # known object placed in every frame
     c.predict = dict(focal_length=0.0, object_id=0)
 
-    if a.recipe != "default":  # upstream sizes and data (GPU/TPU); FPHAB / HO3D object meshes: not wired in yet
+    if a.recipe != "default":  # upstream sizes and data (GPU/TPU); object meshes from data.object_models
         c.data.name = a.recipe
         c.data.builder_config = "hand_object_480" if a.recipe == "fphab" else "v2"
         c.data.image_size = 480 if a.recipe == "fphab" else 640
@@ -66,7 +69,7 @@ def get_config(arg=None):
         for stage in (c.control, c.consistency):
             stage.update(num_steps=200_000, batch_size=8, log_every=100, checkpoint_every=5000, ramp_steps=1000)
             stage.optim = optim(5e-5, 0, "constant")
-        c.eval.split = "test"
+        c.eval.split = "test" if a.recipe == "fphab" else "evaluation"  # HO3D's splits: train / evaluation
     if a.size == "tiny":
         c.data.builder_config = "tiny"
         c.data.image_size = 32  # the tiny 64x64 frames, whole, at half resolution

@@ -34,7 +34,10 @@ nearest annotated frame, its mesh the ground truth with ``consist_gt_refs``):
    sampler, exactly as upstream on PyTorch >= 1.3, else exact sampling at pixel + flow);
 5. per pair: L1 over the valid pixels x 3 channels, ``sum(mask |warp - I_ref|) / max(3 sum(mask), 1)``
    where mask = in bounds (an all-ones image warped >= 0.99999) and flow21.x != 0; pairs flagged in
-   ``skip`` (annotated queries) contribute 0 but count in the batch mean.
+   ``skip`` (annotated queries) contribute 0 but count in the batch mean. With jitter masks (upstream's
+   ``JITTERMASK``: a white image cropped like the frame, 0 on the crop's padding) the mask also needs the
+   reference's jitter mask == 1 and the query's jitter mask warped like the image >= 0.99999, so padding
+   pixels of either frame never contribute.
 
 ``consist_weight(step, lam, ramp)``: upstream's progressive lambda ``min(lam step / ramp, lam)``.
 """
@@ -196,13 +199,15 @@ class ConsistencyResult(NamedTuple):
 def photometric_consistency(query_verts, ref_verts, faces, ignore_face, K_query, K_ref, image_query, image_ref, *,
                             pixel_center: float = 0.5, upstream_grid: bool = True,
                             occlusion_threshold: float = OCCLUSION_THRESHOLD, skip: Optional[jnp.ndarray] = None,
-                            near: float = UPSTREAM_NEAR) -> ConsistencyResult:
+                            near: float = UPSTREAM_NEAR, jitter_query: Optional[jnp.ndarray] = None,
+                            jitter_ref: Optional[jnp.ndarray] = None) -> ConsistencyResult:
     """The warping loss of B query / reference pairs (module docstring, steps 1-5).
 
     query_verts / ref_verts (B, V, 3) camera-frame hand + object meshes (same topology); faces (F, 3) int;
     ignore_face (F,) bool (faces whose pixels never carry flow, upstream's wrist cap); K_* (B, 3, 3);
     images (B, H, W, C) (any affine intensity scale: upstream's are in [-0.5, 0.5]); skip (B,) bool pairs
-    contributing 0.
+    contributing 0; jitter_query / jitter_ref (B, H, W) bool or None: the frames' image area in the crop
+    (step 5).
     """
     b, h, w, c = image_ref.shape
     size = max(h, w)
@@ -225,6 +230,12 @@ def photometric_consistency(query_verts, ref_verts, faces, ignore_face, K_query,
     inbound = warp_valid_mask(flow21, align)
     warped = warp(image_query, flow21, align, "zeros") * inbound[..., None]
     valid = inbound & (lax.stop_gradient(flow21[..., 0]) != 0)
+    if jitter_ref is not None:
+        valid = valid & jnp.asarray(jitter_ref, bool).reshape(valid.shape)
+    if jitter_query is not None:  # the query's image area sampled as the image is (bilinear), upstream's test
+        warped_area = warp(jnp.asarray(jitter_query, image_query.dtype).reshape(valid.shape)[..., None],
+                           lax.stop_gradient(flow21), align, "zeros")[..., 0]
+        valid = valid & (warped_area >= 0.99999)
     diff = jnp.abs(warped - image_ref) * valid[..., None]
     loss = jnp.sum(diff, axis=(1, 2, 3)) / jnp.maximum(c * jnp.sum(valid, axis=(1, 2)).astype(diff.dtype), 1.0)
     if skip is not None:

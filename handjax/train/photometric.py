@@ -73,46 +73,92 @@ def adaptor_of(model: MeshRegNet):
 
 @dataclasses.dataclass(frozen=True)
 class Parts:
-    """Everything the decode / losses close over (constants of the jitted steps)."""
+    """Everything the decode / losses close over (constants of the jitted steps).
+
+    Objects (:class:`data_pipelines.object_models.ObjectMeshes`): ``object_vertices`` (O, Vmax, 3) canonical,
+    bounding-box centred, padded by tiling; ``object_faces`` (Fr, 3) the render topology over
+    :meth:`render_object`'s vertices (the objects' one shared topology, or the union of all objects' faces with
+    ``object_slot`` / ``object_owner`` (Vr,) saying which padded vertex of which object each render vertex is);
+    ``object_mesh_faces`` / ``object_num_vertices`` each object's own faces and vertex count (OBJ export)."""
 
     hand_model: Any
     convention: Any
-    object_vertices: jnp.ndarray   # (O, Vo, 3) canonical, bounding-box centred
-    object_faces: np.ndarray       # (Fo, 3) shared topology
+    object_vertices: jnp.ndarray   # (O, Vmax, 3) canonical, bounding-box centred
+    object_faces: np.ndarray       # (Fr, 3) render topology
     hand_faces: np.ndarray         # (1538 + fan, 3) wrist-sealed hand faces
     wrist_fan: int
     image_hw: tuple
     factors: dict
+    object_slot: Optional[np.ndarray] = None
+    object_owner: Optional[np.ndarray] = None
+    object_names: tuple = ()
+    object_mesh_faces: tuple = ()
+    object_num_vertices: tuple = ()
 
     def decode(self, raw, K, object_id, adaptor=None):
         canon = self.object_vertices[object_id] if object_id is not None else None
         return decode(raw, K, self.image_hw, self.hand_model, object_canonical=canon, convention=self.convention,
                       adaptor=adaptor, **self.factors)
 
+    def render_object(self, verts: jnp.ndarray, object_id: jnp.ndarray) -> jnp.ndarray:
+        """Padded object vertices (B, Vmax, 3) of objects ``object_id`` (B,) -> the render topology's vertices
+        (B, Vr, 3): with a union topology the other objects' vertices sit behind the camera (their faces are
+        never rasterised); gradients reach the sample's own object's vertices."""
+        if self.object_slot is None:
+            return verts
+        from data_pipelines.object_models import BEHIND_CAMERA
 
-def object_meshes(cfg, builder_dir: str) -> dict:
-    """The known objects' canonical meshes of the configured dataset (the built-in ``hand_object`` scenes)."""
+        gathered = verts[:, jnp.asarray(self.object_slot)]
+        mine = jnp.asarray(self.object_owner)[None, :] == jnp.asarray(object_id).reshape(-1, 1)
+        return jnp.where(mine[..., None], gathered, jnp.asarray(BEHIND_CAMERA, verts.dtype))
+
+
+OBJECT_MODELS_HELP = {
+    "fphab": "the FPHAB download's Object_models folder (<dir>/juice_model/juice_model.ply, liquid_soap_model/..., "
+             "milk_model/..., salt_model/...); default <data.manual_dir>/Object_models",
+    "ho3d": "upstream's modelsprocess folder (<dir>/<ycb name>/textured_simple_2000.obj) or the YCB models folder "
+            "(<dir>/<ycb name>/textured_simple.obj); default <data.manual_dir>/modelsprocess",
+}
+
+
+def object_meshes(cfg, builder_dir: str):
+    """The known objects of the configured dataset (:class:`data_pipelines.object_models.ObjectMeshes`): the
+    built-in ``hand_object`` scenes' meshes stored with the dataset, FPHAB's / HO3D's read from the folder of
+    config key ``data.object_models`` (the same table the data factory labels the records with)."""
+    from data_pipelines import object_models
+
     name = cfg.data.name
-    if name != "hand_object":
-        raise ValueError(f"config key data.name={name!r}: the photometric system reads its known object meshes from "
-                         f"the built-in 'hand_object' dataset only so far (FPHAB / HO3D object meshes are not "
-                         f"wired in yet)")
-    from data_pipelines.hand_object import load_object_meshes
+    if name == "hand_object":
+        from data_pipelines.hand_object import load_object_meshes
 
-    return load_object_meshes(builder_dir)
+        m = load_object_meshes(builder_dir)
+        return object_models.ObjectMeshes.shared(m["names"], m["vertices"], m["faces"], builder_dir)
+    if name in OBJECT_MODELS_HELP:
+        meshes = object_models.configured_objects(name, cfg.data)
+        if meshes is None:
+            raise ValueError(f"config key data.object_models is empty and data.manual_dir has no default folder: "
+                             f"the photometric system needs the known object meshes of {name!r}: set "
+                             f"data.object_models to {OBJECT_MODELS_HELP[name]}")
+        return meshes
+    raise ValueError(f"config key data.name={name!r}: the photometric system knows the object meshes of "
+                     f"'hand_object', {sorted(OBJECT_MODELS_HELP)} only")
 
 
 def make_parts(cfg, builder_dir: str) -> Parts:
     hand = mano.load_model(cfg.mano.model_path or None, "right")
     meshes = object_meshes(cfg, builder_dir)
+    padded, _ = meshes.padded()
+    faces, slot, owner = meshes.render_topology()
     _, sealed = seal_wrist(hand.v_template, np.asarray(hand.faces), MANO_WRIST_BOUNDARY_IDS)
     m = cfg.model
     size = int(cfg.data.image_size)
     return Parts(hand_model=hand, convention=model_convention(str(m.tips)),
-                 object_vertices=jnp.asarray(meshes["vertices"]), object_faces=np.asarray(meshes["faces"]),
+                 object_vertices=jnp.asarray(padded), object_faces=np.asarray(faces, np.int32),
                  hand_faces=np.asarray(sealed), wrist_fan=len(MANO_WRIST_BOUNDARY_IDS), image_hw=(size, size),
                  factors=dict(trans_factor=float(m.trans_factor), scale_factor=float(m.scale_factor),
-                              depth_offset=float(m.depth_offset)))
+                              depth_offset=float(m.depth_offset)),
+                 object_slot=slot, object_owner=owner, object_names=tuple(meshes.names),
+                 object_mesh_faces=tuple(meshes.faces), object_num_vertices=tuple(int(n) for n in meshes.num_vertices))
 
 
 def _parts(ctx) -> Parts:
@@ -163,23 +209,44 @@ def consistency_loss(model, batch, rng, *, parts: Parts, weights: dict, freeze_b
     total = lam_d * (sup + reg)
     metrics = dict(used, lambda_consist=lam_c)
     if lam:
-        q_verts, q_faces, ignore = pl.hand_object_mesh(out_q.hand.vertices, out_q.object.vertices, parts.hand_faces,
+        q_obj = parts.render_object(out_q.object.vertices, query["object_id"])
+        q_verts, q_faces, ignore = pl.hand_object_mesh(out_q.hand.vertices, q_obj, parts.hand_faces,
                                                        parts.object_faces, parts.wrist_fan)
+        skip = query["annotated"] if consist["skip_annotated_queries"] else jnp.zeros(b, bool)
         if consist["gt_refs"]:
-            r_hand, r_obj = ref["vertices"], ref["object_vertices"]
+            r_hand, has_ref = reference_hand(parts, ref, b)
+            r_obj = ref["object_vertices"]
+            has_ref = has_ref & pl.labelled(ref, b, "object")
+            skip = skip | ~has_ref  # a reference without its ground-truth mesh cannot be rendered: counted below
+            metrics["consist_refs_without_mesh"] = jnp.sum(~has_ref)
         else:
             r_hand, r_obj = out_r.hand.vertices, out_r.object.vertices
+        r_obj = parts.render_object(r_obj, ref["object_id"])
         r_verts, _, _ = pl.hand_object_mesh(r_hand, r_obj, parts.hand_faces, parts.object_faces, parts.wrist_fan)
-        skip = query["annotated"] if consist["skip_annotated_queries"] else None
         result = pl.photometric_consistency(
             q_verts, jax.lax.stop_gradient(r_verts), q_faces, ignore, query["K"], ref["K"],
             to_unit_range(query["image"]), to_unit_range(ref["image"]), pixel_center=float(consist["pixel_center"]),
             upstream_grid=bool(consist["upstream_grid"]), occlusion_threshold=float(consist["occlusion_threshold"]),
-            skip=skip)
+            skip=skip, jitter_query=query.get("jitter_mask"), jitter_ref=ref.get("jitter_mask"))
         warp_loss = jnp.mean(result.loss)
         total = total + lam_c * warp_loss
         metrics.update(consist=warp_loss, **pl.summary_stats(result))
     return total, metrics
+
+
+def reference_hand(parts: Parts, ref: dict, b: int):
+    """Ground-truth hand vertices (B, 778, 3) of the reference frames and whether each has them: the stored
+    ``vertices`` where ``has_vertices`` (absent flag = stored), else MANO(``mano_pose`` (flat hand mean, axis-angle),
+    ``betas``) + ``transl`` where ``has_mano`` and ``has_transl`` (FPHAB's MANO fits, HO3D built without
+    ``--mano_model``), else not available."""
+    has_v = pl.labelled(ref, b, "vertices")
+    if "has_vertices" not in ref or "mano_pose" not in ref:  # every frame stores its mesh (the built-in scenes)
+        return ref["vertices"], has_v
+    rot = mano.from_axis_angle(parts.hand_model, ref["mano_pose"], flat_hand_mean=True)
+    fitted = mano.mano_forward(parts.hand_model, rot, ref["betas"], ref["transl"], convention="smplx").vertices
+    has_fit = pl.labelled(ref, b, "mano") & pl.labelled(ref, b, "transl")
+    verts = jnp.where(has_v[:, None, None], ref["vertices"], fitted)
+    return verts, has_v | has_fit
 
 
 # ----------------------------------------------------------------------------- stages
@@ -294,8 +361,9 @@ class HandObjectEvaluator:
     ``joints3d`` / ``joints3d_cent`` / ``objverts3d_mepe_trans``) plus upstream's 2D errors in pixels of the
     network's input frame (the whole frame: the original pixels when ``data.image_size`` is the stored size):
     ``joints2d_epe_px`` (predicted ``joints2d`` vs the labels' ``joints2d``) and ``objverts2d_mepe_px``
-    (``object_vertices2d`` vs the labelled object vertices projected with ``K``), means over the evaluated
-    samples; NaN for a model that predicts no 2D (the trivial baseline)."""
+    (``object_vertices2d`` vs the labelled object vertices projected with ``K``, over the vertices marked by
+    ``object_vertex_valid`` when the labels carry it), means over the evaluated samples; NaN for a model that
+    predicts no 2D (the trivial baseline)."""
 
     def __init__(self):
         from handjax.eval.evaluators import make_evaluator
@@ -314,7 +382,9 @@ class HandObjectEvaluator:
         if "object_vertices2d" in pred:
             gt = np.einsum("bij,bvj->bvi", np.asarray(labels["K"], np.float64), np.asarray(labels["object_vertices"]))
             gt = gt[..., :2] / gt[..., 2:]
-            err = np.linalg.norm(np.asarray(pred["object_vertices2d"]) - gt, axis=-1).mean(-1)
+            dist = np.linalg.norm(np.asarray(pred["object_vertices2d"]) - gt, axis=-1)
+            vv = np.asarray(labels.get("object_vertex_valid", np.ones(dist.shape, bool)), bool).reshape(dist.shape)
+            err = (dist * vv).sum(-1) / np.maximum(vv.sum(-1), 1)  # the object's own vertices (padding left out)
             self.errors["objverts2d_mepe_px"].append(err[valid & flag("has_object")])
 
     def result(self) -> dict:
@@ -364,7 +434,9 @@ def predictor(cfg) -> Predictor:
     parts = make_parts(cfg, make_data_factory(cfg.data, seed=int(cfg.seed)).builder_dir)
     n_obj = int(parts.object_vertices.shape[0])
     if not 0 <= object_id < n_obj:
-        raise ValueError(f"config key predict.object_id={object_id}: the dataset has {n_obj} known objects")
+        raise ValueError(f"config key predict.object_id={object_id}: the dataset has {n_obj} known objects "
+                         f"{list(parts.object_names)}")
+    n_verts = parts.object_num_vertices[object_id]  # the object's own vertices (the rest is padding)
     K = jnp.asarray([[focal, 0.0, size / 2.0], [0.0, focal, size / 2.0], [0.0, 0.0, 1.0]], jnp.float32)
 
     def predict(model, images):
@@ -375,15 +447,16 @@ def predictor(cfg) -> Predictor:
         root = o.transl[:, None]
         obj = HandOutput(joints=root, joints2d=project_perspective(root, out.hand.camera[..., :3]),
                          camera=out.hand.camera, rotmats=o.rot[:, None], betas=jnp.zeros((b, 0), jnp.float32),
-                         vertices=o.vertices, is_right=jnp.zeros((b,), bool), convention="object")
+                         vertices=o.vertices[:, :n_verts], is_right=jnp.zeros((b,), bool), convention="object")
         return {"right": out.hand, "object": obj}
 
     return Predictor(model=build_model(cfg), image_size=size, predict=predict,
-                     faces={"right": np.asarray(parts.hand_model.faces), "object": parts.object_faces},
+                     faces={"right": np.asarray(parts.hand_model.faces),
+                            "object": np.asarray(parts.object_mesh_faces[object_id])},
                      sides=("right",), finds_boxes=True,
                      meta={"system": "photometric", "backbone": str(cfg.model.backbone),
                            "joint_convention": parts.convention.name, "focal_length_crop_px": focal,
-                           "object_id": object_id})
+                           "object_id": object_id, "object_name": parts.object_names[object_id]})
 
 
 # ----------------------------------------------------------------------------- the system
