@@ -117,6 +117,87 @@ def test_object_labels_place_the_model_and_render_topology(tmp_path):
     np.testing.assert_array_equal(slot[own], meshes.faces[k])
 
 
+# ----------------------------------------------------------------------------- FPHAB skeleton adaptor
+def write_adaptor(path, seed: int = 0, extra=None):
+    """fhb_skel_centeridx9.pkl's format: adaptor (21, 778) float32 (tips one-hot on manopth's tip vertices, the
+    other rows dense), shape (10,), opts with an argparse.Namespace (the fit's options), default protocol."""
+    import argparse
+
+    rng = np.random.default_rng(seed)
+    adaptor = rng.normal(0, 0.01, (21, 778)).astype(np.float32)
+    adaptor[:, :] += rng.dirichlet(np.full(778, 0.05), 21).astype(np.float32)
+    for row, vid in zip((4, 8, 12, 16, 20), (745, 317, 444, 556, 673)):
+        adaptor[row] = 0
+        adaptor[row, vid] = 1
+    data = {"adaptor": adaptor, "shape": rng.normal(0, 1, 10).astype(np.float32),
+            "opts": {"optimizer": "sgd", "mano_ncomps": 30, "args": argparse.Namespace(center_idx=9, lr=0.1)}}
+    data.update(extra or {})
+    with open(path, "wb") as fh:
+        pickle.dump(data, fh)
+    return adaptor
+
+
+def test_adaptor_pickle_is_read_restricted(tmp_path):
+    from data_pipelines.fphab.layout import read_skeleton_adaptor
+    from data_pipelines.manual import RestrictedPickleError
+
+    a = write_adaptor(tmp_path / "fhb_skel_centeridx9.pkl")
+    got = read_skeleton_adaptor(tmp_path / "fhb_skel_centeridx9.pkl")
+    np.testing.assert_array_equal(got["adaptor"], a)
+    assert got["adaptor"].dtype == np.float32 and got["shape"].shape == (10,)
+    assert got["opts"]["args"].vars == {"center_idx": 9, "lr": 0.1}  # an inert stand-in, no argparse object
+    # any other global is refused, naming the file and the global
+    write_adaptor(tmp_path / "evil.pkl", extra={"y": subprocess.Popen})
+    with pytest.raises(RestrictedPickleError, match=r"(?s)evil\.pkl.*subprocess\.Popen"):
+        read_skeleton_adaptor(tmp_path / "evil.pkl")
+    write_adaptor(tmp_path / "bad.pkl", extra={"adaptor": np.zeros((21, 779), np.float32)})
+    with pytest.raises(CorruptFileError, match=r"bad\.pkl.*'adaptor'.*\(21, 779\)"):
+        read_skeleton_adaptor(tmp_path / "bad.pkl")
+
+
+def test_adaptor_config_key_fills_the_frozen_adaptor(tmp_path):
+    import jax.numpy as jnp
+
+    from handjax import mano
+    from handjax.configs.photometric import get_config
+    from handjax.models.meshregnet import UPSTREAM_PLACEMENT, decode, model_convention
+    from handjax.train import photometric as P
+
+    a = write_adaptor(tmp_path / "adaptor.pkl", seed=1)
+    cfg = get_config("recipe=fphab")
+    cfg.model.mano_neurons = (16, 16)
+    cfg.mano.model_path = _mano(tmp_path)
+    with pytest.raises(ValueError, match=r"model\.fhb_adaptor=True.*model\.fphab_adaptor"):
+        P._check(cfg)  # FPHAB from scratch without the adaptor's values
+    cfg.model.fphab_adaptor = str(tmp_path / "missing.pkl")
+    with pytest.raises(FileNotFoundError, match="missing.pkl"):
+        P._check(cfg)
+    cfg.model.fphab_adaptor = str(tmp_path / "adaptor.pkl")
+    P._check(cfg)
+    model = P.build_model(cfg)
+    np.testing.assert_array_equal(np.asarray(P.adaptor_of(model)), a)
+    # joints = adaptor(vertices), joints and vertices re-centred on adaptor joint 9, then placed at the root
+    rng = np.random.default_rng(2)
+    raw = {"pose": jnp.asarray(rng.normal(0, 0.5, (2, 18)), jnp.float32),
+           "betas": jnp.asarray(rng.normal(0, 1, (2, 10)), jnp.float32),
+           "hand_scaletrans": jnp.asarray([[1.0, 0.2, -0.1], [2.0, -0.3, 0.4]], jnp.float32),
+           "obj_scaletrans": jnp.zeros((2, 6), jnp.float32)}
+    K = jnp.asarray(np.tile([[350.0, 0, 240], [0, 350.0, 135], [0, 0, 1]], (2, 1, 1)), jnp.float32)
+    hand = mano.load_model(cfg.mano.model_path, "right")
+    out = decode(raw, K, (270, 480), hand, convention=model_convention("manopth"), adaptor=P.adaptor_of(model),
+                 **UPSTREAM_PLACEMENT).hand
+    s = np.asarray(raw["hand_scaletrans"], np.float64)
+    z0 = 350.0 * s[:, 0] * 1e-4 + 0.4
+    root = np.stack([(s[:, 1] * 100 + 240 - 240) * z0 / 350.0, (s[:, 2] * 100 + 135 - 135) * z0 / 350.0, z0], -1)
+    plain = decode(raw, K, (270, 480), hand, convention=model_convention("manopth"), **UPSTREAM_PLACEMENT).hand
+    verts_m = np.asarray(plain.vertices, np.float64) - root[:, None]  # MANO's vertices (centred on its joint 9)
+    joints_a = np.einsum("jv,bvc->bjc", a.astype(np.float64), verts_m)
+    centre = joints_a[:, 9:10]
+    np.testing.assert_allclose(np.asarray(out.joints), joints_a - centre + root[:, None], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(out.vertices), verts_m - centre + root[:, None], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(out.joints)[:, 9], root, atol=2e-6)
+
+
 # ----------------------------------------------------------------------------- end to end
 def _env(devices: int = 2):
     return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
@@ -169,10 +250,12 @@ def test_fphab_recipe_end_to_end(tmp_path):
         os.makedirs(raw / "fhbhands_fits" / subject / action / seq)
         with open(raw / "fhbhands_fits" / subject / action / seq / "pkls.pkl", "wb") as fh:
             pickle.dump(fits, fh)
+    write_adaptor(tmp_path / "fhb_skel_centeridx9.pkl")
     work = tmp_path / "work"
     out, err = _run(["--config", "configs/photometric.py:recipe=fphab,control=false", "--workdir", str(work),
                      f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.manual_dir={raw}",
-                     f"--config.mano.model_path={_mano(tmp_path)}", "--config.model.fhb_adaptor=False", *TINY],
+                     f"--config.mano.model_path={_mano(tmp_path)}",
+                     f"--config.model.fphab_adaptor={tmp_path / 'fhb_skel_centeridx9.pkl'}", *TINY],
                     tmp_path)
     assert "fphab object meshes from" in err and "juice_bottle (8 vertices" in err
     _check_consistency_ran(out)

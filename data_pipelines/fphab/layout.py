@@ -43,12 +43,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import pickle
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_pipelines.manual import CorruptFileError, as_array, load_pickle_restricted
+from data_pipelines.manual import CorruptFileError, RestrictedPickleError, as_array, load_pickle_restricted
+from data_pipelines.manual import _NumpyOnlyUnpickler
 
 DOWNLOAD_PAGE = "https://guiggh.github.io/publications/first-person-hands/"
 SUBJECTS = tuple(f"Subject_{k}" for k in range(1, 7))
@@ -308,3 +310,60 @@ def missing_frames(root, ref: SequenceRef, frames: Sequence[int], from_reduced: 
 def optional_fits(root, ref: SequenceRef) -> Optional[Path]:
     path = fits_path(root, ref.subject, ref.action, ref.seq)
     return path if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------- skeleton adaptor
+ADAPTOR_SHAPE = (21, 778)
+
+
+class _InertNamespace:
+    """Stand-in for ``argparse.Namespace`` in upstream's adaptor pickle (its fitting options): holds the pickled
+    attributes as ``vars``, runs no code."""
+
+    def __init__(self, *args, **kwargs):
+        self.vars = dict(kwargs)
+
+    def __setstate__(self, state):
+        self.vars = dict(state) if isinstance(state, dict) else {"state": state}
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.vars!r})"
+
+
+class _AdaptorUnpickler(_NumpyOnlyUnpickler):
+    """Numpy arrays and plain data (the dataset allow-list) plus argparse.Namespace as an inert stand-in."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("argparse", "Namespace"):
+            return _InertNamespace
+        return super().find_class(module, name)
+
+
+def read_skeleton_adaptor(path) -> Dict[str, object]:
+    """handobjectconsist's FPHAB skeleton adaptor (``assets/mano/fhb_skel_centeridx9.pkl``): a dict with
+    ``adaptor`` (21, 778) float32 (MANO vertices -> the 21 FPHAB joints in OpenPose order, the order the records
+    store), ``shape`` (10,) (fitted betas; upstream never uses them in the forward) and ``opts`` (the fit's
+    options; argparse namespaces stay inert :class:`_InertNamespace` objects).
+
+    Read with a restricted unpickler: any other global is refused (RestrictedPickleError naming the file and the
+    global); a garbled file, a missing key or a wrong shape is a CorruptFileError naming the file and key."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = _AdaptorUnpickler(fh, path).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"FPHAB skeleton adaptor {path} not found (handobjectconsist's "
+                                f"assets/mano/fhb_skel_centeridx9.pkl)") from None
+    except (CorruptFileError, RestrictedPickleError):
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            UnicodeDecodeError) as err:
+        raise CorruptFileError(path, f"cannot unpickle ({type(err).__name__}: {err})") from None
+    if not isinstance(raw, dict):
+        raise CorruptFileError(path, f"expected a dict with keys 'adaptor', 'shape', 'opts', got {type(raw).__name__}")
+    get = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    if "adaptor" not in get:
+        raise CorruptFileError(path, f"key 'adaptor' missing (keys: {sorted(map(str, get))})")
+    adaptor = as_array(get["adaptor"], ADAPTOR_SHAPE, path=path, key="adaptor", dtype=np.float32)
+    shape = as_array(get.get("shape", np.zeros(10)), (10,), path=path, key="shape", dtype=np.float32)
+    return {"adaptor": adaptor, "shape": shape, "opts": get.get("opts")}

@@ -39,11 +39,13 @@ def get_config(arg=None):
     # many frames from their reference (-1: any; upstream's are <= ~80 frames away by construction); fraction_seed:
     # the labelled frames' draw (-1: the run's seed)
     c.sparse = dict(fraction=0.1, fraction_seed=-1, max_distance=-1)
+    # fhb_adaptor: the model has FPHAB's frozen skeleton adaptor (values from a restored checkpoint);
+    # fphab_adaptor: upstream's assets/mano/fhb_skel_centeridx9.pkl to fill it from (implies the adaptor)
     # placement factors: upstream's (100 px, 1e-4, 0.4 m) are for 480x270 frames with f ~ 349 px and hands at
     # 0.3-0.7 m; the built-in 64x64 frames (f ~ 35-45 px, depths 0.3-0.9 m) get factors of the same reach
     c.model = dict(backbone="resnet18", ncomps=15, mano_neurons=(512, 512), use_shape=True, input_norm="mean0.5",
                    tips="freihand", trans_factor=20.0, scale_factor=0.005, depth_offset=0.55, freeze_bn=False,
-                   conv_impl="auto", fhb_adaptor=False)
+                   conv_impl="auto", fhb_adaptor=False, fphab_adaptor="")
     common = dict(log_every=25, checkpoint_every=200, keep_checkpoints=2, summary_every=0)
     c.supervised = dict(num_steps=600, batch_size=16, init_from="", loss_weights=dict(UPSTREAM_WEIGHTS),
                         optim=optim(5e-4, 30), **common)

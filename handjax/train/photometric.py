@@ -59,11 +59,27 @@ def build_model(cfg, seed: int = 0) -> MeshRegNet:
     m = cfg.model
     if m.get("conv_impl", "auto") not in CONV_IMPLS:
         raise ValueError(f"config model.conv_impl must be one of {CONV_IMPLS}, got {m.conv_impl!r}")
-    # FPHAB skeleton adaptor: a frozen (21, 778) vertex -> joint regressor whose values come from the checkpoint
-    adaptor = jnp.zeros((21, 778), jnp.float32) if m.get("fhb_adaptor", False) else None
+    adaptor = fphab_adaptor(cfg)
     return MeshRegNet(str(m.backbone), rngs=nnx.Rngs(seed), ncomps=int(m.ncomps),
                       mano_neurons=tuple(m.mano_neurons), use_shape=bool(m.use_shape),
                       input_norm=str(m.input_norm), conv_impl=str(m.get("conv_impl", "auto")), adaptor=adaptor)
+
+
+def fphab_adaptor(cfg):
+    """The frozen FPHAB skeleton adaptor (21, 778) of the config, or None.
+
+    ``model.fphab_adaptor=PATH``: upstream's ``assets/mano/fhb_skel_centeridx9.pkl`` (read with a restricted
+    unpickler, :func:`data_pipelines.fphab.layout.read_skeleton_adaptor`), for training on FPHAB from scratch (the
+    path implies the adaptor); otherwise ``model.fhb_adaptor=True`` makes a zero placeholder whose values come
+    from the checkpoint the model is restored from (a converted release, ``init_from``). A restored checkpoint's
+    adaptor replaces the file's values."""
+    m = cfg.model
+    path = str(m.get("fphab_adaptor", "") or "")
+    if path:
+        from data_pipelines.fphab.layout import read_skeleton_adaptor
+
+        return jnp.asarray(read_skeleton_adaptor(path)["adaptor"])
+    return jnp.zeros((21, 778), jnp.float32) if m.get("fhb_adaptor", False) else None
 
 
 def adaptor_of(model: MeshRegNet):
@@ -466,13 +482,16 @@ def _check(cfg):
                                for s in ("control", "consistency")})
     if not 0.0 < float(cfg.sparse.fraction) <= 1.0:
         raise ValueError(f"config key sparse.fraction={cfg.sparse.fraction}: must lie in (0, 1]")
-    if cfg.model.get("fhb_adaptor", False):
+    if cfg.model.get("fhb_adaptor", False) and not cfg.model.get("fphab_adaptor", ""):
         fresh = [s for s in ("supervised",) if s in guards.job_stages(cfg) and not cfg.supervised.get("init_from")]
         if fresh:
-            raise ValueError("config key model.fhb_adaptor=True: the FPHAB skeleton adaptor's weights come from a "
-                             "converted release (python -m handjax.convert handobjectconsist; set "
-                             "supervised.init_from / eval.checkpoint to it); reading upstream's "
-                             "assets/mano/fhb_skel_centeridx9.pkl to train from scratch is not wired in yet")
+            raise ValueError("config key model.fhb_adaptor=True: the FPHAB skeleton adaptor must come from somewhere: "
+                             "set model.fphab_adaptor to upstream's assets/mano/fhb_skel_centeridx9.pkl to train from "
+                             "scratch, or supervised.init_from / eval.checkpoint to a converted release (python -m "
+                             "handjax.convert handobjectconsist), whose adaptor is used")
+    path = str(cfg.model.get("fphab_adaptor", "") or "")
+    if path:
+        fphab_adaptor(cfg)  # an unreadable file stops the job before any stage, naming the file (and the key here)
 
 
 SYSTEM = System(
