@@ -170,7 +170,7 @@ def test_adaptor_config_key_fills_the_frozen_adaptor(tmp_path):
     with pytest.raises(ValueError, match=r"model\.fhb_adaptor=True.*model\.fphab_adaptor"):
         P._check(cfg)  # FPHAB from scratch without the adaptor's values
     cfg.model.fphab_adaptor = str(tmp_path / "missing.pkl")
-    with pytest.raises(FileNotFoundError, match="missing.pkl"):
+    with pytest.raises(ValueError, match=r"model\.fphab_adaptor=.*missing\.pkl"):
         P._check(cfg)
     cfg.model.fphab_adaptor = str(tmp_path / "adaptor.pkl")
     P._check(cfg)

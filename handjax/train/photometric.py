@@ -490,8 +490,13 @@ def _check(cfg):
                              "scratch, or supervised.init_from / eval.checkpoint to a converted release (python -m "
                              "handjax.convert handobjectconsist), whose adaptor is used")
     path = str(cfg.model.get("fphab_adaptor", "") or "")
-    if path:
-        fphab_adaptor(cfg)  # an unreadable file stops the job before any stage, naming the file (and the key here)
+    if path:  # an unreadable file stops the job before any stage, naming the key and the file
+        from data_pipelines.manual import CorruptFileError
+
+        try:
+            fphab_adaptor(cfg)
+        except (OSError, CorruptFileError) as err:
+            raise ValueError(f"config key model.fphab_adaptor={path!r}: {err}") from None
 
 
 SYSTEM = System(
