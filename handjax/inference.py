@@ -24,8 +24,9 @@ Pipeline (one function per step, numpy on the host; the network runs in ONE jitt
    For a weak-perspective model these 2-D joints are the perspective re-projection, which
    differs slightly from the network's own weak-perspective 2-D joints (points off the hand's
    mean depth move by a factor ``tz / (tz + dz)``).
-7. Writers: :func:`write_obj`, :func:`image_record` (JSON), :func:`render_overlay` (PNG) and
-   :func:`write_index_html`; :func:`run` ties everything together.
+7. Writers: :func:`write_obj`, :func:`image_record` (JSON), :func:`render_overlay` (PNG, drawn with
+   :class:`Canvas`), a system's ``Predictor.extra_images`` (further PNGs, listed in the JSON's
+   ``files``) and :func:`write_index_html`; :func:`run` ties everything together.
 
 Boxes file (``--boxes``), JSON: image file name (or the path as given) -> list of hands::
 
@@ -494,50 +495,109 @@ def render_overlay(image: np.ndarray, hands: Sequence[HandResult], zoom: int = 1
     hand's 2-D skeleton (its joints remapped from their convention to OpenPose order, as
     ``draw_skeleton`` expects; a convention unknown to ``handjax.mano`` draws no skeleton).
     ``zoom`` > 1 enlarges small images (nearest neighbour) and renders at that resolution.
-    Hands are painted far to near. Returns uint8 (zoom H, zoom W, 3).
+    Meshes are composited per pixel by depth (the nearer surface in front, :meth:`Canvas.meshes`);
+    skeletons are drawn far to near. Returns uint8 (zoom H, zoom W, 3).
 
     Each mesh is rendered only over its projected bounding box (sizes rounded up to 32 pixels
     so that few shapes compile), at reduced resolution when that box exceeds ``max_render_side``.
     """
-    from handjax.eval.visualize import draw_skeleton, overlay
-
-    zoom = int(zoom)
-    out = np.asarray(image, np.uint8)
-    if zoom > 1:
-        out = out.repeat(zoom, axis=0).repeat(zoom, axis=1)
-    H, W = out.shape[:2]
-    to_disp = lambda u: (np.asarray(u, np.float64) + 0.5) * zoom - 0.5  # noqa: E731
-    order = sorted(range(len(hands)), key=lambda i: -float(hands[i].transl[2]))
-    for i in order:
-        h = hands[i]
-        if h.vertices is None or h.faces is None:
-            continue
-        K = h.K.copy()
-        K[:2] *= zoom
-        K[:2, 2] = to_disp(h.K[:2, 2])
-        out = _paste_mesh(out, h.vertices, h.faces, K, HAND_COLORS.get(h.side, HAND_COLORS["right"]),
-                          max_render_side, overlay)
-    radius = max(1, int(round(max(H, W) / 256)))
-    for i in order:
-        order_i = _openpose_order(hands[i].convention)
-        if order_i is not None and len(hands[i].joints2d) == 21:
-            out = draw_skeleton(out, to_disp(hands[i].joints2d)[np.asarray(order_i)], radius=radius)
-    return out
+    canvas = Canvas(image, zoom, max_render_side)
+    return canvas.skeletons(hands, canvas.meshes(hands))
 
 
-def _paste_mesh(image: np.ndarray, verts: np.ndarray, faces: np.ndarray, K: np.ndarray, color, max_side: int,
-                overlay_fn) -> np.ndarray:
+class Canvas:
+    """Drawing over one original image at an integer display zoom (nearest-neighbour enlargement).
+
+    Original pixel ``u`` (pixel centres at integers) is display pixel ``(u + 0.5) zoom - 0.5``.
+    Used by :func:`render_overlay` and handed to ``Predictor.extra_images`` (``PredictionView.canvas``).
+    """
+
+    def __init__(self, image: np.ndarray, zoom: int = 1, max_render_side: int = MAX_RENDER_SIDE):
+        zoom = int(zoom)
+        if zoom < 1:
+            raise ValueError(f"--overlay_zoom must be >= 1, got {zoom}")
+        self.image = np.asarray(image, np.uint8)
+        self.zoom = zoom
+        self.max_render_side = int(max_render_side)
+
+    def base(self) -> np.ndarray:
+        """The image at display size (zoom H, zoom W, 3) uint8."""
+        out = self.image
+        if self.zoom > 1:
+            out = out.repeat(self.zoom, axis=0).repeat(self.zoom, axis=1)
+        return np.ascontiguousarray(out)
+
+    def to_display(self, uv) -> np.ndarray:
+        """Original pixel coordinates (..., 2) -> display pixel coordinates."""
+        return (np.asarray(uv, np.float64) + 0.5) * self.zoom - 0.5
+
+    def display_K(self, K: np.ndarray) -> np.ndarray:
+        """A pinhole K of original pixels as the K of display pixels."""
+        Kd = np.asarray(K, np.float64).copy()
+        Kd[:2] *= self.zoom
+        Kd[:2, 2] = self.to_display(np.asarray(K, np.float64)[:2, 2])
+        return Kd
+
+    def meshes(self, hands: Sequence[HandResult], image: Optional[np.ndarray] = None,
+               depth_offsets: Optional[Sequence[float]] = None, alpha: float = 0.7) -> np.ndarray:
+        """The hands' meshes over ``image`` (default :meth:`base`), z-composited per pixel.
+
+        Each hand is rendered with its own K; at a pixel covered by several hands the one with the
+        smallest ``depth + depth_offsets[i]`` (camera z in metres plus an offset per hand, default 0;
+        e.g. placing hands rendered in different cameras at a common relative depth) is shown.
+        Hands without a mesh are skipped. Returns uint8 (zoom H, zoom W, 3).
+        """
+        from handjax.eval.visualize import overlay
+
+        out = self.base() if image is None else np.asarray(image, np.uint8)
+        H, W = out.shape[:2]
+        offsets = [0.0] * len(hands) if depth_offsets is None else [float(d) for d in depth_offsets]
+        if len(offsets) != len(hands):
+            raise ValueError(f"depth_offsets: expected one per hand ({len(hands)}), got {len(offsets)}")
+        best = np.full((H, W), np.inf)
+        layer = np.zeros((H, W, 3), np.float32)
+        for h, offset in zip(hands, offsets):
+            if h.vertices is None or h.faces is None:
+                continue
+            patch = _render_patch(h.vertices, h.faces, self.display_K(h.K), (H, W),
+                                  HAND_COLORS.get(h.side, HAND_COLORS["right"]), self.max_render_side)
+            if patch is None:
+                continue
+            (y0, y1, x0, x1), rgb, mask, depth = patch
+            region = best[y0:y1, x0:x1]
+            nearer = mask & (depth + offset < region)
+            region[nearer] = depth[nearer] + offset
+            layer[y0:y1, x0:x1][nearer] = rgb[nearer]
+        return overlay(out, layer, np.isfinite(best), alpha)
+
+    def skeletons(self, hands: Sequence[HandResult], image: Optional[np.ndarray] = None) -> np.ndarray:
+        """Each hand's 2-D skeleton (OpenPose order; a convention unknown to ``handjax.mano`` or a
+        joint count other than 21 draws none) over ``image`` (default :meth:`base`), far to near."""
+        from handjax.eval.visualize import draw_skeleton
+
+        out = self.base() if image is None else np.asarray(image, np.uint8)
+        radius = max(1, int(round(max(out.shape[:2]) / 256)))
+        for h in sorted(hands, key=lambda h: -float(np.mean(np.asarray(h.joints3d)[:, 2]))):
+            order = _openpose_order(h.convention)
+            if order is not None and len(h.joints2d) == 21:
+                out = draw_skeleton(out, self.to_display(h.joints2d)[np.asarray(order)], radius=radius)
+        return out
+
+
+def _render_patch(verts: np.ndarray, faces: np.ndarray, K: np.ndarray, hw: Tuple[int, int], color, max_side: int):
+    """One mesh rendered over its projected box: ((y0, y1, x0, x1), rgb (h, w, 3) float, mask (h, w) bool,
+    depth (h, w) camera z) in the pixels of an (H, W) image with camera K, or None if nothing is visible."""
     from handjax import render
 
-    H, W = image.shape[:2]
+    H, W = hw
     if np.any(verts[:, 2] <= 1e-3):
-        return image  # behind or at the camera: nothing sensible to draw
+        return None  # behind or at the camera: nothing sensible to draw
     uv = project(verts, K)
     x0, y0 = np.floor(uv.min(0)).astype(int) - 2
     x1, y1 = np.ceil(uv.max(0)).astype(int) + 3
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
     if x1 <= x0 or y1 <= y0:
-        return image
+        return None
     w, h = x1 - x0, y1 - y0
     scale = min(1.0, max_side / max(w, h))
     rw, rh = (int(-(-max(1, round(v * scale)) // 32) * 32) for v in (w, h))
@@ -549,38 +609,45 @@ def _paste_mesh(image: np.ndarray, verts: np.ndarray, faces: np.ndarray, K: np.n
     out = render.render_mesh_batch(np.asarray(verts, np.float32)[None], np.asarray(faces, np.int32),
                                    np.asarray(Kw, np.float32)[None], (rh, rw), vertex_colors=colors)
     rgb, mask = np.asarray(out.rgb[0])[..., :3], np.asarray(out.mask[0])
+    depth = np.asarray(out.depth[0], np.float64)
     if scale < 1.0:
         sh, sw = int(round(h * scale)), int(round(w * scale))
         rgb = np.asarray(Image.fromarray((np.clip(rgb[:sh, :sw], 0, 1) * 255).astype(np.uint8)).resize(
             (w, h), Image.Resampling.BILINEAR), np.float32) / 255.0
         mask = np.asarray(Image.fromarray(mask[:sh, :sw].astype(np.uint8) * 255).resize(
             (w, h), Image.Resampling.NEAREST)) > 127
+        depth = np.asarray(Image.fromarray(np.ascontiguousarray(depth[:sh, :sw], np.float32)).resize(
+            (w, h), Image.Resampling.NEAREST), np.float64)
     else:
-        rgb, mask = rgb[:h, :w], mask[:h, :w]
-    out_img = image.copy()
-    out_img[y0:y1, x0:x1] = overlay_fn(image[y0:y1, x0:x1], rgb, mask)
-    return out_img
+        rgb, mask, depth = rgb[:h, :w], mask[:h, :w], depth[:h, :w]
+    return (y0, y1, x0, x1), rgb, mask, depth
 
 
 def write_index_html(path: str, entries: Sequence[Mapping[str, Any]], failed: Mapping[str, str],
                      title: str = "handjax predictions") -> None:
-    """A contact sheet: each image's overlay with links to its JSON and meshes; failed images listed.
+    """A contact sheet: each image's overlay with links to its JSON and meshes, thumbnails of its
+    further images (``Predictor.extra_images``); failed images listed.
 
-    entries: {"name", "overlay", "json", "meshes": [...], "hands": "right, left"} per image.
+    entries: {"name", "overlay", "json", "meshes": [...], "hands": "right, left", "extras": {label: file}}
+    per image ("extras" optional).
     """
     e = html.escape
     cards = []
     for ent in entries:
         links = " ".join(f'<a href="{e(m)}">{e(m)}</a>' for m in [ent["json"]] + list(ent["meshes"]))
+        extras = "".join(f'<a href="{e(f)}" title="{e(label)}"><img class="extra" src="{e(f)}" alt="{e(label)}"></a>'
+                         for label, f in (ent.get("extras") or {}).items())
         cards.append(f'<figure><a href="{e(ent["overlay"])}"><img src="{e(ent["overlay"])}" '
-                     f'alt="{e(ent["name"])}"></a><figcaption><b>{e(ent["name"])}</b> ({e(ent["hands"] or "no hands")})'
+                     f'alt="{e(ent["name"])}"></a>{f"<br>{extras}" if extras else ""}'
+                     f'<figcaption><b>{e(ent["name"])}</b> ({e(ent["hands"] or "no hands")})'
                      f'<br>{links}</figcaption></figure>')
     fails = "".join(f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in failed.items())
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}} figure{{display:inline-block;margin:.5em;vertical-align:top;
 max-width:320px}} img{{max-width:320px;max-height:320px;image-rendering:pixelated;border:1px solid #ccc}}
-figcaption{{font-size:small;word-break:break-all}} .failed{{color:#a00}}</style></head>
+img.extra{{max-width:100px;max-height:100px}} figcaption{{font-size:small;word-break:break-all}}
+.failed{{color:#a00}}</style></head>
 <body><h1>{e(title)}</h1><p>{len(entries)} images, {len(failed)} failed.</p>
 {"".join(cards)}
 {f'<h2 class="failed">Failed images</h2><ul class="failed">{fails}</ul>' if failed else ""}
@@ -721,25 +788,31 @@ def _openpose_order(convention: str) -> Optional[Tuple[int, ...]]:
 
 def _write_job(job: _Job, predictor, out_dir: str, focal_length: float, zoom: int,
                meta: Mapping[str, Any], entries: List[dict]) -> int:
-    """Write one image's OBJ / JSON / overlay; returns its number of hands."""
+    """Write one image's OBJ / JSON / overlay (and the predictor's extra images); returns its number of hands."""
     h, w = job.image.shape[:2]
     focal = float(focal_length) if focal_length and focal_length > 0 else float(max(h, w))
     principal = ((w - 1) / 2.0, (h - 1) / 2.0)
     results: List[HandResult] = []
     extra_record: Dict[str, Any] = {}
-    for (hand, centre, side, affine, mirrored, model_side), out in zip(job.hands, job.outputs):
+    views: List[Tuple[int, List[HandResult], Dict[str, Any], np.ndarray, Mapping[str, Any]]] = []
+    for k, ((hand, centre, side, affine, mirrored, model_side), out) in enumerate(zip(job.hands, job.outputs)):
+        crop_results: List[HandResult] = []
+        added: Mapping[str, Any] = {}
         if predictor.finds_boxes:
             sides = [s for s in SIDES if s in out] + sorted(set(out) - set(SIDES) - {EXTRAS})
             if getattr(predictor, "postprocess", None) is not None:
                 sides, added = predictor.postprocess({s: out[s] for s in sides}, out.get(EXTRAS, {}), affine)
                 extra_record.update(added)
             for s in sides:
-                fields = out[s]
-                results.append(hand_result(fields, HandBox(s, None), centre, side, affine, False,
-                                           predictor.faces.get(s), focal, principal))
-            continue
-        faces = predictor.faces.get(model_side)
-        results.append(hand_result(out[model_side], hand, centre, side, affine, mirrored, faces, focal, principal))
+                crop_results.append(hand_result(out[s], HandBox(s, None), centre, side, affine, False,
+                                                predictor.faces.get(s), focal, principal))
+        else:
+            faces = predictor.faces.get(model_side)
+            crop_results.append(hand_result(out[model_side], hand, centre, side, affine, mirrored, faces, focal,
+                                            principal))
+        results.extend(crop_results)
+        if EXTRAS in out:
+            views.append((k, crop_results, out[EXTRAS], affine, added))
     meshes: List[Optional[str]] = []
     for hand, fname in zip(results, mesh_file_names(job.name, results)):
         if hand.vertices is None or hand.faces is None:
@@ -748,12 +821,51 @@ def _write_job(job: _Job, predictor, out_dir: str, focal_length: float, zoom: in
         write_obj(os.path.join(out_dir, fname), hand.vertices, hand.faces,
                   comment=f"handjax.predict: {job.name} {hand.side} hand, camera frame (OpenCV axes), metres")
         meshes.append(fname)
+    overlay_name = f"{job.name}_overlay.png"
+    extra_files = _write_extra_images(job, predictor, out_dir, zoom, views)
     record = image_record(job.path, (h, w), results, meshes, meta)
     record.update(extra_record)
+    record["files"] = {"json": f"{job.name}.json", "overlay": overlay_name, "meshes": [m for m in meshes if m],
+                       **extra_files}
     with open(os.path.join(out_dir, f"{job.name}.json"), "w") as fh:
         fh.write(dumps_compact(record) + "\n")
-    overlay_name = f"{job.name}_overlay.png"
     Image.fromarray(render_overlay(job.image, results, zoom)).save(os.path.join(out_dir, overlay_name))
     entries.append({"name": os.path.basename(job.path), "overlay": overlay_name, "json": f"{job.name}.json",
-                    "meshes": [m for m in meshes if m], "hands": ", ".join(r.side for r in results)})
+                    "meshes": [m for m in meshes if m], "hands": ", ".join(r.side for r in results),
+                    "extras": extra_files})
     return len(results)
+
+
+_LABEL = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_RESERVED_LABELS = ("json", "overlay", "meshes", "right", "left")
+
+
+def _write_extra_images(job: _Job, predictor, out_dir: str, zoom: int, views) -> Dict[str, str]:
+    """``Predictor.extra_images`` of each crop with extras, written as lossless PNGs: ``<name>_<label>.png``
+    (``<name>_crop<k>_<label>.png`` when the image has several crops). Returns {label: file name}
+    (labels prefixed ``crop<k>_`` likewise). Raises ValueError naming the system and label for an image
+    that is not uint8 (H, W) or (H, W, 3), or a label that is not a lower-case identifier."""
+    from handjax.train.system import PredictionView
+
+    make = getattr(predictor, "extra_images", None)
+    if make is None or not views:
+        return {}
+    system = predictor.meta.get("system", "the predictor")
+    files: Dict[str, str] = {}
+    canvas = Canvas(job.image, zoom)
+    for k, hands, extras, affine, added in views:
+        images = make(PredictionView(image=job.image, hands=hands, extras=extras, affine=affine, record=added,
+                                     canvas=canvas))
+        prefix = "" if len(job.hands) == 1 else f"crop{k + 1}_"
+        for label, img in images.items():
+            if not isinstance(label, str) or not _LABEL.match(label) or label in _RESERVED_LABELS:
+                raise ValueError(f"{system} extra_images: label {label!r} must be a lower-case identifier "
+                                 f"([a-z0-9_]) other than {', '.join(_RESERVED_LABELS)}")
+            img = np.asarray(img)
+            if img.dtype != np.uint8 or not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+                raise ValueError(f"{system} extra_images[{label!r}]: expected a uint8 (H, W) or (H, W, 3) image, "
+                                 f"got {img.dtype} {img.shape}")
+            fname = f"{job.name}_{prefix}{label}.png"
+            Image.fromarray(np.ascontiguousarray(img)).save(os.path.join(out_dir, fname))
+            files[prefix + label] = fname
+    return files

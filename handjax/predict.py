@@ -12,8 +12,9 @@ the image. Left hands are predicted by a right-hand model on mirrored crops and 
 
 Outputs in ``--out`` per image: ``<name>_<side>.obj`` (camera-space metres, MANO faces),
 ``<name>.json`` (MANO pose / betas, camera K and translation, 3-D joints, 2-D joints in original
-pixels, handedness, model and checkpoint), ``<name>_overlay.png``; then ``index.html`` (a contact
-sheet) and ``summary.json``. The last line printed is ``N images, M hands, K failed: names``.
+pixels, handedness, model and checkpoint, ``files``: what was written), ``<name>_overlay.png``, and a
+system's further images ``<name>_<label>.png`` (``Predictor.extra_images``: DIGIT's part maps,
+InterWild's box / skeleton / mesh renders); then ``index.html`` (a contact sheet) and ``summary.json``. The last line printed is ``N images, M hands, K failed: names``.
 
 Exit codes: 0 every image predicted; 2 some images failed (unreadable or truncated files, boxes
 outside the image; each named in the summary line, in ``summary.json`` and ``index.html``; the

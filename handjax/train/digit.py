@@ -269,8 +269,63 @@ def _eval_predict(ctx):
 
 
 # ----------------------------------------------------------------------------- predictor
+# DIGIT's 16 part labels (render_mano_ih's face labels; names derived from the mesh's face adjacency and MANO's
+# fingertip vertices, as neither repository documents them):
+# class 0 background, 1..16 the right hand's label + 1, 17..32 the left hand's label + 17.
+PART_LABEL_NAMES = ("ring 1", "index 2", "pinky 1", "middle 1", "middle 3", "ring 3", "pinky 3", "thumb 1",
+                    "palm", "thumb 2", "index 1", "index 3", "thumb 3", "pinky 2", "middle 2", "ring 2")
+PART_CLASS_NAMES = ("background",) + tuple(f"right {n}" for n in PART_LABEL_NAMES) + tuple(
+    f"left {n}" for n in PART_LABEL_NAMES)
+
+
+def labels_to_original(labels: np.ndarray, affine: np.ndarray, image_hw) -> np.ndarray:
+    """A label map of the input crop (S, S) -> the ORIGINAL image's pixel grid (H, W) uint8, nearest.
+
+    ``affine`` (3, 3) maps original pixels to crop pixels (pixel centres at integers): each original
+    pixel takes the label of the crop pixel nearest to its image ``round(A [x, y, 1])``; pixels
+    whose image falls outside the crop are background (0).
+    """
+    labels = np.asarray(labels)
+    h, w = (int(v) for v in image_hw)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    A = np.asarray(affine, np.float64)
+    u = A[0, 0] * xs + A[0, 1] * ys + A[0, 2]
+    v = A[1, 0] * xs + A[1, 1] * ys + A[1, 2]
+    ui, vi = np.floor(u + 0.5).astype(np.int64), np.floor(v + 0.5).astype(np.int64)
+    inside = (ui >= 0) & (ui < labels.shape[1]) & (vi >= 0) & (vi < labels.shape[0])
+    out = np.zeros((h, w), np.uint8)
+    out[inside] = labels[vi[inside], ui[inside]]
+    return out
+
+
+def blend_parts(image: np.ndarray, labels: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Part colours (:func:`colorize_parts`) blended over a uint8 image (H, W, 3) where the label (H, W) is
+    not background; background pixels keep the image."""
+    img = np.asarray(image, np.float32)
+    fg = (np.asarray(labels) > 0)[..., None] * np.float32(alpha)
+    out = img * (1 - fg) + colorize_parts(labels).astype(np.float32) * fg
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def part_images(view) -> dict:
+    """``Predictor.extra_images``: ``parts`` the predicted part map on the original image's pixel grid
+    (uint8 class ids 0..32, an 8-bit grey PNG) and ``parts_overlay`` its colours blended over the image
+    (at the overlay zoom)."""
+    labels = labels_to_original(view.extras["part_map"], view.affine, view.image.shape[:2])
+    z = view.canvas.zoom
+    return {"parts": labels, "parts_overlay": blend_parts(view.canvas.base(), labels.repeat(z, 0).repeat(z, 1))}
+
+
+def _postprocess(outputs, extras, affine):
+    """Both hands exported; the JSON names the part classes of ``<name>_parts.png``."""
+    del extras, affine
+    return list(outputs), {"part_classes": list(PART_CLASS_NAMES)}
+
+
 def predictor(cfg) -> Predictor:
-    """The whole image (a square around it) -> {"right", "left"}: HandOutput (ih26m joints).
+    """The whole image (a square around it) -> {"right", "left"}: HandOutput (ih26m joints) + the predicted
+    part map (``extras["part_map"]`` (B, S, S), written as ``<name>_parts.png`` / ``<name>_parts_overlay.png``
+    on the original image's grid by :func:`part_images`).
 
     Without intrinsics or root depths, the crop camera has focal ``predict.focal`` x S (1.0: the
     crop side, i.e. the original image's longer side as focal length, handjax.predict's default)
@@ -290,11 +345,12 @@ def predictor(cfg) -> Predictor:
         rel_m = digit_losses.decode_depth(out.rel_root, units=out.root_logits.shape[-1]) / 1000.0
         roots = jnp.stack([jnp.full((b,), depth), depth + rel_m], axis=-1)
         hands, _ = decode(out, K, roots, size)
-        return hands
+        return {**hands, "extras": {"part_map": part_map(out, size).astype(jnp.uint8)}}
 
     return Predictor(model=build_model(cfg), image_size=size, predict=predict, faces={}, sides=SIDES,
                      finds_boxes=True, meta={"system": "digit", "backbone": str(cfg.model.backbone),
-                                             "joint_convention": MODEL_CONVENTION})
+                                             "joint_convention": MODEL_CONVENTION},
+                     postprocess=_postprocess, extra_images=part_images)
 
 
 def _check(cfg):

@@ -256,9 +256,10 @@ def postprocess_fn(threshold: float):
     """InterWild's demo outputs beyond the shared export (``Predictor.postprocess``): per hand the box
     (original pixels), its confidence and InterWild's params (root_pose, hand_pose, shape, root_trans: (0, 0, 0)
     for the right hand and the relative translation for the left, as upstream's params JSON); a hand whose box
-    confidence is below ``threshold`` is reported missing (not exported); and the two-hand decision: boxes
-    overlapping (IoU > 0, upstream's rule) -> the left hand is placed by the relative translation, else each
-    hand by its own root translation."""
+    confidence is below ``threshold`` is reported missing (not exported; ``missing`` lists them); and the
+    two-hand decision: boxes overlapping (IoU > 0, upstream's rule) -> the left hand is placed by the relative
+    translation (``placement`` "relative"), else each hand by its own root translation ("separate"); "single"
+    with fewer than two hands."""
 
     def postprocess(outputs, extras, affine):
         boxes = boxes_to_original(np.asarray(extras["boxes"], np.float64), affine)
@@ -279,15 +280,66 @@ def postprocess_fn(threshold: float):
         both = len(kept) == 2
         iou = float(box_iou(boxes[0], boxes[1]))
         if not both:
-            decision = "one hand or none: no relative placement"
+            placement, decision = "single", "one hand or none: no relative placement"
         elif iou > 0:
+            placement = "relative"
             decision = "relative translation (boxes overlap): left root = right root + root_trans of the left hand"
         else:
-            decision = "separate roots (boxes do not overlap): each hand at its own root_cam"
-        return kept, {"interwild": {"hands": hands, "box_conf_threshold": float(threshold), "box_iou": iou,
-                                    "two_hand_decision": decision}}
+            placement, decision = "separate", "separate roots (boxes do not overlap): each hand at its own root_cam"
+        return kept, {"interwild": {"hands": hands, "missing": [s for s in SIDES if s not in kept],
+                                    "box_conf_threshold": float(threshold), "box_iou": iou,
+                                    "placement": placement, "two_hand_decision": decision}}
 
     return postprocess
+
+
+BOX_COLORS = {"right": (140, 166, 230), "left": (140, 230, 128)}  # the overlay's mesh colours
+MISSING_COLOR = (160, 160, 160)
+
+
+def depth_offsets(hands, record, extras) -> list:
+    """Per exported hand, the depth (metres) added to its rendered depth for z-compositing, so that the hands
+    sit at the two-hand decision's depths: placement "relative" puts the left wrist at the right wrist's depth +
+    the relative translation's z (each hand is rendered in its own virtual camera, its wrist at its root_cam),
+    otherwise every hand stays at its own root_cam (offset 0)."""
+    info = record["interwild"]
+    if info["placement"] != "relative":
+        return [0.0] * len(hands)
+    root_z = {side: float(info["hands"][side]["root_cam"][2]) for side in SIDES}
+    target = {"right": root_z["right"], "left": root_z["right"] + float(np.asarray(extras["rel_trans"])[2])}
+    return [target[h.side] - root_z[h.side] for h in hands]
+
+
+def draw_boxes(image: np.ndarray, record, to_display) -> np.ndarray:
+    """Both hand boxes over a uint8 image with their confidence (text and a bar along the box's top edge, its
+    length the confidence times the box width); a missing hand's box is grey with "missing"."""
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(img)
+    info = record["interwild"]
+    width = max(1, round(max(image.shape[:2]) / 200))
+    for side in SIDES:
+        hand = info["hands"][side]
+        x0, y0 = (float(v) for v in to_display(hand["box"][:2]))
+        x1, y1 = (float(v) for v in to_display(hand["box"][2:]))
+        color = BOX_COLORS[side] if hand["found"] else MISSING_COLOR
+        draw.rectangle([x0, y0, x1, y1], outline=color, width=width)
+        bar = 3 * width
+        draw.rectangle([x0, y0 - bar, x0 + max(0.0, x1 - x0) * hand["box_conf"], y0], fill=color)
+        text = f"{side} {hand['box_conf']:.2f}" + ("" if hand["found"] else " missing")
+        draw.text((x0, y0 + width + 1 + 12 * SIDES.index(side)), text, fill=color)  # left's line below right's
+    return np.asarray(img)
+
+
+def demo_images(view) -> dict:
+    """``Predictor.extra_images``: upstream demo's renders, separately: ``boxes`` (both boxes with their
+    confidences), ``skeleton`` (the exported hands' 2-D joints), ``mesh`` (their meshes over the image,
+    z-composited per pixel at the two-hand decision's depths, :func:`depth_offsets`: the nearer hand in front)."""
+    canvas = view.canvas
+    return {"boxes": draw_boxes(canvas.base(), view.record, canvas.to_display),
+            "skeleton": canvas.skeletons(view.hands),
+            "mesh": canvas.meshes(view.hands, depth_offsets=depth_offsets(view.hands, view.record, view.extras))}
 
 
 def predictor(cfg) -> Predictor:
@@ -321,7 +373,7 @@ def predictor(cfg) -> Predictor:
     return Predictor(model=build_model(cfg), image_size=h, predict=predict,
                      faces={"right": np.asarray(right.faces), "left": np.asarray(left.faces)}, sides=SIDES,
                      finds_boxes=True, meta={"system": "interwild", "box_conf_threshold": threshold},
-                     postprocess=postprocess_fn(threshold))
+                     postprocess=postprocess_fn(threshold), extra_images=demo_images)
 
 
 # ----------------------------------------------------------------------------- the system

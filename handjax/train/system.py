@@ -136,6 +136,10 @@ class Predictor:
       ``predict`` may return an ``"extras"`` dict of (B, ...) arrays beside the hands; per image, this gets
       the hands' fields, those extras (numpy, no batch axis) and the crop affine (original -> input pixels),
       and decides which hands are exported (e.g. a box-confidence threshold) and what the image's JSON adds.
+    extra_images(view: PredictionView) -> {label: uint8 image} (optional): a system's further per-image files,
+      written by ``python -m handjax.predict`` as ``<name>_<label>.png`` (lossless) and listed in the image's JSON
+      (``files``) and in ``index.html``. An (H, W) image is written as an 8-bit grey PNG (e.g. class ids), an
+      (H, W, 3) one as RGB. Called per crop whose ``predict`` output has ``"extras"``.
     """
 
     model: Any
@@ -146,6 +150,28 @@ class Predictor:
     finds_boxes: bool = False
     meta: Dict[str, Any] = dataclasses.field(default_factory=dict)
     postprocess: Optional[Callable] = None
+    extra_images: Optional[Callable[["PredictionView"], Dict[str, np.ndarray]]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionView:
+    """What :attr:`Predictor.extra_images` gets for one crop of one image.
+
+    image: (H, W, 3) uint8, the ORIGINAL image. hands: the exported hands of this crop
+    (``handjax.inference.HandResult``: side, K, vertices, faces, joints3d, joints2d in original pixels,
+    convention). extras: the predictor's ``"extras"`` arrays of this crop (numpy, no batch axis).
+    affine: (3, 3) original pixel -> input pixel. record: the JSON entries ``postprocess`` added
+    (empty without one). canvas: drawing helpers over the original image at the overlay zoom
+    (``handjax.inference.Canvas``: ``base()``, ``to_display(uv)``, ``meshes(hands, depth_offsets=...)``,
+    ``skeletons(hands, image)``), handed in so that systems need not import the predict layer.
+    """
+
+    image: np.ndarray
+    hands: Sequence[Any]
+    extras: Mapping[str, np.ndarray]
+    affine: np.ndarray
+    record: Mapping[str, Any]
+    canvas: Any
 
 
 @dataclasses.dataclass(frozen=True)
