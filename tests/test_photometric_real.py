@@ -234,14 +234,18 @@ def _check_consistency_ran(out):
     assert float(lines[-1].split("consist_pixels ")[1].split()[0]) > 0  # rendered hand + object pixels warped
 
 
-def test_fphab_recipe_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def fphab(tmp_path_factory):
+    """A tiny FPHAB download (the builder tests' fixture) + object models + MANO fits for every sequence with
+    object poses; the dataset is built on first use under ``data``."""
     from test_fphab_data import write_fphab
 
-    raw = tmp_path / "raw"
+    tmp = tmp_path_factory.mktemp("fphab_photometric")
+    raw = tmp / "raw"
     truth = write_fphab(str(raw))
     models = write_fphab_models(str(raw / "Object_models"))
     rng = np.random.default_rng(5)
-    for (subject, action, seq), t in truth.items():  # MANO fits for every sequence with object poses
+    for (subject, action, seq), t in truth.items():
         if not t["poses"] or (raw / "fhbhands_fits" / subject / action / seq).exists():
             continue
         fits = {f"{f:06d}.pkl": {"fullpose": rng.normal(0, 0.2, 48).astype(np.float32),
@@ -250,10 +254,15 @@ def test_fphab_recipe_end_to_end(tmp_path):
         os.makedirs(raw / "fhbhands_fits" / subject / action / seq)
         with open(raw / "fhbhands_fits" / subject / action / seq / "pkls.pkl", "wb") as fh:
             pickle.dump(fits, fh)
+    return {"raw": raw, "truth": truth, "models": models, "data": tmp / "data"}
+
+
+def test_fphab_recipe_end_to_end(fphab, tmp_path):
+    raw, truth, models = fphab["raw"], fphab["truth"], fphab["models"]
     write_adaptor(tmp_path / "fhb_skel_centeridx9.pkl")
     work = tmp_path / "work"
     out, err = _run(["--config", "configs/photometric.py:recipe=fphab,control=false", "--workdir", str(work),
-                     f"--config.data.data_dir={tmp_path / 'data'}", f"--config.data.manual_dir={raw}",
+                     f"--config.data.data_dir={fphab['data']}", f"--config.data.manual_dir={raw}",
                      f"--config.mano.model_path={_mano(tmp_path)}",
                      f"--config.model.fphab_adaptor={tmp_path / 'fhb_skel_centeridx9.pkl'}", *TINY],
                     tmp_path)
@@ -319,3 +328,97 @@ def test_ho3d_recipe_end_to_end(tmp_path):
     trivial = rows["mean labelled pose (trivial)"]
     assert trivial["num_objects"] == 2
     np.testing.assert_allclose(trivial["objverts3d_mepe_mm"], 1000 * np.mean(errors), rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- jitter masks
+def _quad(z, shift_x=0.0):
+    """A 2-triangle square facing the camera at depth z, 0.1 m wide, moved by shift_x metres."""
+    v = np.array([[-0.05, -0.05, z], [0.05, -0.05, z], [0.05, 0.05, z], [-0.05, 0.05, z]]) + [shift_x, 0, 0]
+    return v, np.array([[0, 1, 2], [0, 2, 3]])
+
+
+def test_padding_pixels_do_not_contribute():
+    """Pixels on the crop's padding (the reference's, or where the query is sampled) never enter the loss: the
+    masked loss does not change when the padding's values do, the unmasked one does."""
+    import jax.numpy as jnp
+
+    from handjax.losses import photometric as pl
+
+    s = 16
+    K = jnp.asarray([[[40.0, 0, 8], [0, 40.0, 8], [0, 0, 1]]], jnp.float32)
+    ref_v, faces = _quad(0.4)
+    q_v, _ = _quad(0.4, shift_x=0.03)  # the query's square is 3 px to the right: flow21 = +3 px in x
+    rng = np.random.default_rng(0)
+    img_q = rng.uniform(-0.5, 0.5, (1, s, s, 3)).astype(np.float32)
+    img_r = rng.uniform(-0.5, 0.5, (1, s, s, 3)).astype(np.float32)
+    jq = np.ones((1, s, s), bool)
+    jq[:, :, 11:] = False  # the query's padding: columns 11..15
+    jr = np.ones((1, s, s), bool)
+    jr[:, :7] = False      # the reference's padding: rows 0..6
+
+    def loss(fill, masks):
+        q, r = img_q.copy(), img_r.copy()
+        q[~jq], r[~jr] = fill, fill
+        res = pl.photometric_consistency(jnp.asarray(q_v[None], jnp.float32), jnp.asarray(ref_v[None], jnp.float32),
+                                         faces, np.zeros(2, bool), K, K, jnp.asarray(q), jnp.asarray(r),
+                                         upstream_grid=False, jitter_query=jnp.asarray(jq) if masks else None,
+                                         jitter_ref=jnp.asarray(jr) if masks else None)
+        return float(res.loss[0]), np.asarray(res.valid[0]), np.asarray(res.flow21[0])
+
+    masked0, valid, flow = loss(0.0, True)
+    masked1, _, _ = loss(1000.0, True)
+    plain0, plain_valid, _ = loss(0.0, False)
+    plain1, _, _ = loss(1000.0, False)
+    assert valid.sum() > 0 and plain_valid.sum() > valid.sum()
+    assert masked0 == pytest.approx(masked1, abs=1e-6)   # padding values do not matter with the masks
+    assert abs(plain1 - plain0) > 1.0                      # ... and would without them
+    ys, xs = np.nonzero(valid)
+    assert jr[0][ys, xs].all()                              # never on the reference's padding
+    sample_x = xs + flow[ys, xs, 0]
+    assert np.all(sample_x <= 10 + 1e-4)                    # the query is sampled inside its image only
+    ys, xs = np.nonzero(plain_valid & jr[0])
+    inside = xs + flow[ys, xs, 0] <= 10 - 1e-3              # samples whose bilinear neighbours are all inside
+    assert valid[ys[inside], xs[inside]].all()
+
+
+def test_crop_area_mask_matches_a_warped_white_image():
+    """The jitter mask computed from crop_affine (used where the records carry none) equals the pipeline's
+    nearest resampling of a white image (PIL) for rotated, shifted, scaled and mirrored crops."""
+    import jax.numpy as jnp
+
+    from data_pipelines.transforms import crop_camera, warp_labels
+    from handjax.train.photometric import crop_area_mask
+
+    K = np.array([[50.0, 0, 24], [0, 50.0, 15], [0, 0, 1]])
+    for centre, side, rot, flip in (((24.0, 15.0), 48.0, 0.0, False), ((10.0, 20.0), 40.0, 0.4, False),
+                                    ((30.0, 5.0), 25.0, -0.9, True)):
+        _, _, affine = crop_camera(K, np.array(centre), side, 20, rot, flip)
+        expected = warp_labels(np.ones((30, 48), bool), affine, (20, 20))
+        got = np.asarray(crop_area_mask(jnp.asarray(affine[None], jnp.float32), (30, 48), (20, 20)))[0]
+        assert 0 < expected.sum() < 400
+        assert (got != expected).sum() <= 2  # float rounding at an exact pixel boundary at most
+
+
+def test_pair_batches_carry_the_jitter_mask(fphab):
+    """FPHAB pair batches through the data factory: both frames carry jitter_mask = the image area of the crop
+    (whole 480x270 frame in a square crop, plus a random shift: padding above, below and beside it)."""
+    import jax.numpy as jnp
+    import ml_collections
+
+    from data_pipelines import factory
+    from handjax.train.photometric import crop_area_mask
+
+    cfg = ml_collections.ConfigDict(dict(
+        name="fphab", data_dir=str(fphab["data"]), manual_dir=str(fphab["raw"]), object_models="", image_size=24,
+        num_workers=0, augment=dict(crop_from="image", bbox_pad=1.0, scale=0.0, rotation=0.0, shift=0.1,
+                                    flip="none")))
+    data = factory.make_data_factory(cfg, seed=0)
+    batch = next(iter(data(split="train", mode="pair", batch_size=2, train=True, max_distance=None,
+                           unannotated_only=False)))
+    mask = np.asarray(batch["jitter_mask"])
+    assert mask.shape == (2, 2, 24, 24) and mask.dtype == bool
+    affine = np.asarray(batch["crop_affine"]).reshape(4, 3, 3)
+    expected = np.asarray(crop_area_mask(jnp.asarray(affine), (270, 480), (24, 24))).reshape(2, 2, 24, 24)
+    np.testing.assert_array_equal(mask, expected)
+    assert 0.3 < mask.mean() < 0.7  # 270 of 480 rows, shifted
+    assert batch["object_vertices"].shape[-2:] == (11, 3) and batch["object_vertex_valid"].shape[-1] == 11

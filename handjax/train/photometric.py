@@ -110,6 +110,7 @@ class Parts:
     object_names: tuple = ()
     object_mesh_faces: tuple = ()
     object_num_vertices: tuple = ()
+    source_hw: Optional[tuple] = None  # (H, W) of the stored frames when the batches carry no jitter_mask
 
     def decode(self, raw, K, object_id, adaptor=None):
         canon = self.object_vertices[object_id] if object_id is not None else None
@@ -160,6 +161,40 @@ def object_meshes(cfg, builder_dir: str):
                      f"'hand_object', {sorted(OBJECT_MODELS_HELP)} only")
 
 
+def crop_area_mask(crop_affine: jnp.ndarray, source_hw, out_hw) -> jnp.ndarray:
+    """Upstream's JITTERMASK from the crop transform: crop_affine (B, 3, 3) (original pixels -> crop pixels, pixel
+    centres at integer coordinates), the original frame size (H0, W0) and the crop size (H, W) -> (B, H, W) bool,
+    True where the crop pixel's nearest original pixel ``floor(p + 0.5)`` lies inside the frame (as the pipeline's
+    nearest resampling of a white image), False on the padding."""
+    h, w = out_hw
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    pix = jnp.stack([xs, ys, jnp.ones_like(xs)], -1)                     # (H, W, 3)
+    src = jnp.einsum("bij,hwj->bhwi", jnp.linalg.inv(crop_affine.astype(jnp.float32)), pix)
+    sx = jnp.floor(src[..., 0] / src[..., 2] + 0.5)
+    sy = jnp.floor(src[..., 1] / src[..., 2] + 0.5)
+    return (sx >= 0) & (sx < source_hw[1]) & (sy >= 0) & (sy < source_hw[0])
+
+
+def jitter_masks(parts: Parts, frames: dict):
+    """(B, H, W) bool image area of the frames' crops: the pipeline's ``jitter_mask`` (FPHAB / HO3D records), else
+    computed from ``crop_affine`` when the stored frame size is known (the built-in scenes), else None."""
+    if "jitter_mask" in frames:
+        return frames["jitter_mask"]
+    if parts.source_hw is not None and "crop_affine" in frames:
+        return crop_area_mask(frames["crop_affine"], parts.source_hw, frames["image"].shape[1:3])
+    return None
+
+
+def _stored_frame_size(cfg, builder_dir: str) -> Optional[tuple]:
+    """(H, W) of the built-in scenes' frames (their jitter masks are computed from the crop), else None."""
+    if cfg.data.name != "hand_object":
+        return None
+    import tensorflow_datasets as tfds
+
+    shape = tfds.builder_from_directory(builder_dir).info.features["image"].shape
+    return (int(shape[0]), int(shape[1])) if shape[0] and shape[1] else None
+
+
 def make_parts(cfg, builder_dir: str) -> Parts:
     hand = mano.load_model(cfg.mano.model_path or None, "right")
     meshes = object_meshes(cfg, builder_dir)
@@ -174,7 +209,8 @@ def make_parts(cfg, builder_dir: str) -> Parts:
                  factors=dict(trans_factor=float(m.trans_factor), scale_factor=float(m.scale_factor),
                               depth_offset=float(m.depth_offset)),
                  object_slot=slot, object_owner=owner, object_names=tuple(meshes.names),
-                 object_mesh_faces=tuple(meshes.faces), object_num_vertices=tuple(int(n) for n in meshes.num_vertices))
+                 object_mesh_faces=tuple(meshes.faces), object_num_vertices=tuple(int(n) for n in meshes.num_vertices),
+                 source_hw=_stored_frame_size(cfg, builder_dir))
 
 
 def _parts(ctx) -> Parts:
@@ -243,7 +279,7 @@ def consistency_loss(model, batch, rng, *, parts: Parts, weights: dict, freeze_b
             q_verts, jax.lax.stop_gradient(r_verts), q_faces, ignore, query["K"], ref["K"],
             to_unit_range(query["image"]), to_unit_range(ref["image"]), pixel_center=float(consist["pixel_center"]),
             upstream_grid=bool(consist["upstream_grid"]), occlusion_threshold=float(consist["occlusion_threshold"]),
-            skip=skip, jitter_query=query.get("jitter_mask"), jitter_ref=ref.get("jitter_mask"))
+            skip=skip, jitter_query=jitter_masks(parts, query), jitter_ref=jitter_masks(parts, ref))
         warp_loss = jnp.mean(result.loss)
         total = total + lam_c * warp_loss
         metrics.update(consist=warp_loss, **pl.summary_stats(result))
