@@ -72,7 +72,7 @@ def digit_run(tmp_path_factory):
     code = _predict_cli(["--config", os.path.join(ROOT, "configs/digit.py") + ":size=tiny", "--checkpoint",
                          str(d / "ckpt"), "--images", str(d / "images"), "--out", str(d / "out"),
                          "--overlay_zoom", "2"])
-    return dict(code=code, out=d / "out", image=img)
+    return dict(code=code, out=d / "out", image=img, ckpt=str(d / "ckpt"))
 
 
 def test_digit_predict_writes_the_part_map_on_the_original_grid(digit_run):
@@ -90,7 +90,22 @@ def test_digit_predict_writes_the_part_map_on_the_original_grid(digit_run):
     with Image.open(out / "pair_parts.png") as im:
         assert im.mode == "L"  # 8-bit class ids, lossless
         labels = np.asarray(im)
-    assert labels.shape == (40, 56) and labels.max() < 33
+    assert labels.shape == (40, 56) and labels.max() < 33 and len(np.unique(labels)) > 1
+    # the model's own part map of the whole-image crop, mapped by the window's similarity written out here:
+    # the 56 px square centred at ((56-1)/2, (40-1)/2) onto S px, crop u = S/56 (x - 27.5) + (S-1)/2, nearest
+    from handjax.configs.digit import get_config
+    from handjax.predict import load_predictor
+
+    predictor, _ = load_predictor(get_config("size=tiny"), digit_run["ckpt"])
+    S = predictor.image_size
+    crop = inference.make_crop(digit_run["image"], inference.crop_affine(np.array([27.5, 19.5]), 56.0, S, False), S)
+    part_map = inference.BatchedForward(predictor, 1)(crop[None])[0]["extras"]["part_map"]  # eval-mode BatchNorm
+    expected = np.zeros((40, 56), np.uint8)
+    for y in range(40):
+        for x in range(56):
+            u, v = S / 56 * (x - 27.5) + (S - 1) / 2, S / 56 * (y - 19.5) + (S - 1) / 2
+            expected[y, x] = part_map[int(np.floor(v + 0.5)), int(np.floor(u + 0.5))]
+    np.testing.assert_array_equal(labels, expected)
     vis = np.asarray(Image.open(out / "pair_parts_overlay.png"))
     base = digit_run["image"].repeat(2, 0).repeat(2, 1)  # --overlay_zoom 2
     np.testing.assert_array_equal(vis, blend_parts(base, labels.repeat(2, 0).repeat(2, 1)))
@@ -279,3 +294,33 @@ def test_extra_images_are_checked_and_listed(tmp_path):
         q = dataclasses.replace(p, extra_images=lambda view, bad=bad: bad)
         with pytest.raises(ValueError, match=needle):
             inference.run(q, [str(tmp_path / "x.png")], str(tmp_path / "bad"), progress=False)
+
+
+def _record(placement, right_z=5.0, left_z=6.0, right_found=True, left_found=True):
+    hands = {"right": {"found": right_found, "box": [10, 20, 60, 70], "box_conf": 0.5, "root_cam": [0.0, 0.0, right_z]},
+             "left": {"found": left_found, "box": [70, 20, 90, 40], "box_conf": 0.1, "root_cam": [0.1, 0.0, left_z]}}
+    return {"interwild": {"hands": hands, "placement": placement}}
+
+
+def test_interwild_depth_offsets_follow_the_two_hand_decision():
+    from types import SimpleNamespace
+
+    from handjax.train.interwild import depth_offsets
+
+    hands = [SimpleNamespace(side="right"), SimpleNamespace(side="left")]
+    extras = {"rel_trans": np.array([0.05, 0.0, -0.2])}
+    # relative: the left wrist goes to 5.0 - 0.2 = 4.8 from its own 6.0 -> -1.2; the right one stays
+    np.testing.assert_allclose(depth_offsets(hands, _record("relative"), extras), [0.0, -1.2])
+    assert depth_offsets(hands, _record("separate"), extras) == [0.0, 0.0]
+    assert depth_offsets(hands[:1], _record("single"), extras) == [0.0]
+
+
+def test_interwild_box_render_colours_confidence_bar_and_missing_hand():
+    from handjax.train.interwild import BOX_COLORS, MISSING_COLOR, draw_boxes
+
+    img = draw_boxes(np.zeros((100, 100, 3), np.uint8), _record("single", left_found=False), lambda uv: np.asarray(uv))
+    assert tuple(img[45, 60]) == BOX_COLORS["right"]  # the right box's right edge (x = 60), below its text
+    assert tuple(img[25, 90]) == MISSING_COLOR  # the missing left hand's box is grey
+    # the confidence bar: 3 px above the top edge, 0.5 x the 50 px width
+    assert tuple(img[18, 20]) == BOX_COLORS["right"] and tuple(img[18, 33]) == BOX_COLORS["right"]
+    assert not img[18, 40].any() and not img[18, 55].any()
