@@ -422,3 +422,32 @@ def test_pair_batches_carry_the_jitter_mask(fphab):
     np.testing.assert_array_equal(mask, expected)
     assert 0.3 < mask.mean() < 0.7  # 270 of 480 rows, shifted
     assert batch["object_vertices"].shape[-2:] == (11, 3) and batch["object_vertex_valid"].shape[-1] == 11
+
+
+def test_converted_release_evaluates_on_fphab(fphab, tmp_path):
+    """The README's convert -> evaluate on FPHAB: a random PyTorch MeshRegNet saved in the release format (FPHAB
+    adaptor included), converted through the CLI, evaluated with recipe=fphab (eval stage only) on the raw folder."""
+    from handjax.convert.__main__ import main as convert_main
+    from tests.torch_reference.meshregnet_torch import MeshRegNetRef, save_release
+
+    import torch
+
+    from handjax.mano.builtin import builtin_mano_arrays
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    ref = MeshRegNetRef(builtin_mano_arrays("right"), adaptor=rng.uniform(0, 2.0 / 778, (21, 778)).astype(np.float32),
+                        fhb_shape=rng.normal(size=10)).eval()
+    save_release(ref, tmp_path / "checkpoint_200.pth")
+    assert convert_main(["handobjectconsist", "--checkpoint", str(tmp_path / "checkpoint_200.pth"), "--out",
+                         str(tmp_path / "release")]) == 0
+    work = tmp_path / "work"
+    _run(["--config", "configs/photometric.py:recipe=fphab", "--workdir", str(work), "--config.stages=eval",
+          f"--config.eval.checkpoint={tmp_path / 'release'}", f"--config.data.data_dir={fphab['data']}",
+          f"--config.data.manual_dir={fphab['raw']}", f"--config.mano.model_path={_mano(tmp_path)}",
+          "--config.data.image_size=32", "--config.sparse.fraction=1.0", "--config.eval.batch_size=2",
+          "--config.supervised.batch_size=2"], tmp_path)
+    rows = json.loads((work / "results.json").read_text())["eval"]
+    release = rows[f"eval.checkpoint ({tmp_path / 'release'})"]
+    assert release["num_objects"] == release["num_hands"] == 2
+    assert np.isfinite(release["objverts3d_mepe_mm"]) and np.isfinite(release["joints3d_epe_mm"])

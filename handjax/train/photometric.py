@@ -463,7 +463,10 @@ def _table(rows, ctx) -> str:
 
 
 def _label(ctx, trained_here: bool) -> str:
-    return ROWS["consistency"]
+    """The evaluated model's row: the consistency stage's, or the model of ``eval.checkpoint`` (a converted release
+    or another run's stage) when that key names one."""
+    checkpoint = str(ctx.cfg.eval.get("checkpoint", "") or "")
+    return f"eval.checkpoint ({checkpoint})" if checkpoint and not trained_here else ROWS["consistency"]
 
 
 # ----------------------------------------------------------------------------- predictor
