@@ -2,7 +2,7 @@
 user's raw folders at start-up (never stored with the records, never committed).
 
 Where they come from (config key ``data.object_models``, a folder; empty = the default under
-``data.manual_dir`` named below, when that folder exists):
+``data.manual_dir`` named below, when that folder exists; a config without the key reads none):
 
 * FPHAB (``data.name=fphab``): ``<dir>/<folder>_model/<folder>_model.ply`` for the four objects of
   :data:`data_pipelines.fphab.layout.HO_OBJECTS`, ``<folder>`` = the object name except juice_bottle,
@@ -357,8 +357,11 @@ def jitter_mask(encoded_image) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- dataset tables
 def models_dir(dataset: str, data_cfg: Mapping) -> Optional[str]:
-    """The object-model folder of ``data_cfg``: ``data.object_models``, else ``<manual_dir>/<default>`` when
-    that folder exists, else None."""
+    """The object-model folder of ``data_cfg``: ``data.object_models``, else (the key present but empty)
+    ``<manual_dir>/<default>`` when that folder exists, else None. Configs without the key (systems that do not
+    place known objects) never read object models, so their batches keep the records' own object pose."""
+    if data_cfg.get("object_models") is None:
+        return None
     given = str(data_cfg.get("object_models") or "")
     if given:
         return given

@@ -422,6 +422,11 @@ def test_pair_batches_carry_the_jitter_mask(fphab):
     np.testing.assert_array_equal(mask, expected)
     assert 0.3 < mask.mean() < 0.7  # 270 of 480 rows, shifted
     assert batch["object_vertices"].shape[-2:] == (11, 3) and batch["object_vertex_valid"].shape[-1] == 11
+    # a config without the data.object_models key (a system that places no known object) reads no object models
+    plain = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "object_models"})
+    batch = next(iter(factory.make_data_factory(plain, seed=0)(split="train", mode="frame", batch_size=2,
+                                                               train=True)))
+    assert "jitter_mask" not in batch and "object_vertices" not in batch and batch["object_pose"].shape == (2, 4, 4)
 
 
 def test_converted_release_evaluates_on_fphab(fphab, tmp_path):
