@@ -13,8 +13,7 @@ import pytest
 
 from data_pipelines import object_models as om
 from data_pipelines.manual import CorruptFileError
-from object_model_fixtures import (FPHAB_FOLDERS, box_mesh, fan, write_fphab_models, write_ho3d_models, write_obj,
-                                   write_ply)
+from object_model_fixtures import box_mesh, fan, write_fphab_models, write_ho3d_models, write_obj, write_ply
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # FPHAB colour-camera extrinsics (world mm -> camera mm), typed from the FPHAB README independently of the module
