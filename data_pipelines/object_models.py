@@ -440,9 +440,3 @@ def configured_objects(dataset: str, data_cfg: Mapping) -> Optional[ObjectMeshes
     """The objects of ``data_cfg`` (:func:`models_dir`), or None when no folder is configured."""
     root = models_dir(dataset, data_cfg)
     return None if root is None else load_dataset_objects(dataset, root)
-
-
-def text(value) -> str:
-    value = np.asarray(value).item() if np.ndim(value) == 0 and not isinstance(value, (bytes, str)) else value
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
