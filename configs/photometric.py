@@ -14,5 +14,13 @@ Arguments (``configs/photometric.py:key=value,...``):
   control=true|false         false: skip the control stage (lambda_consist = 0)
   size=default|tiny          tiny: seconds-long smoke run (tests)
 The control as a flag: ``--config.consistency.loss_weights.consist=0 --config.consistency.lambda_data=1``.
+
+Real data: ``--config.data.manual_dir=RAW`` (built into ``data.data_dir`` on first use), ``mano.model_path``, the
+object meshes' folder ``data.object_models`` (default ``RAW/Object_models`` for FPHAB, ``RAW/modelsprocess`` for
+HO3D) and, for FPHAB from scratch, ``model.fphab_adaptor=.../fhb_skel_centeridx9.pkl``:
+
+  python -m handjax.main --config configs/photometric.py:recipe=fphab --workdir /tmp/hoc_fphab \
+      --config.data.manual_dir=RAW --config.mano.model_path=MANO_RIGHT.pkl \
+      --config.model.fphab_adaptor=fhb_skel_centeridx9.pkl
 """
 from handjax.configs.photometric import get_config  # noqa: F401 (the config lives in an importable module)
