@@ -455,3 +455,28 @@ def test_converted_release_evaluates_on_fphab(fphab, tmp_path):
     release = rows[f"eval.checkpoint ({tmp_path / 'release'})"]
     assert release["num_objects"] == release["num_hands"] == 2
     assert np.isfinite(release["objverts3d_mepe_mm"]) and np.isfinite(release["joints3d_epe_mm"])
+
+
+def test_reference_hand_from_stored_vertices_or_mano_fits():
+    """FPHAB stores no vertices: the reference hand is MANO(fit pose with a flat mean, betas) + transl (no centring);
+    stored vertices win where present; a frame with neither is reported as unavailable."""
+    import jax.numpy as jnp
+
+    from handjax import mano
+    from handjax.train.photometric import Parts, reference_hand
+
+    hand = mano.load_model(None, "right")
+    parts = Parts(hand, None, jnp.zeros((1, 3, 3)), np.zeros((1, 3), np.int32), None, 0, (8, 8), {})
+    rng = np.random.default_rng(0)
+    pose = jnp.asarray(rng.normal(0, 0.3, (3, 48)), jnp.float32)
+    betas = jnp.asarray(rng.normal(0, 1, (3, 10)), jnp.float32)
+    transl = jnp.asarray([[0.01, 0.02, 0.5]] * 3, jnp.float32)
+    stored = jnp.asarray(rng.normal(0, 0.1, (3, 778, 3)), jnp.float32)
+    ref = {"mano_pose": pose, "betas": betas, "transl": transl, "vertices": stored, "annotated": jnp.ones(3, bool),
+           "has_vertices": jnp.asarray([True, False, False]), "has_mano": jnp.asarray([True, True, False]),
+           "has_transl": jnp.asarray([True, True, False])}
+    verts, ok = reference_hand(parts, ref, 3)
+    posed = mano.mano_forward(hand, mano.from_axis_angle(hand, pose, flat_hand_mean=True), betas).vertices
+    np.testing.assert_allclose(np.asarray(verts[0]), np.asarray(stored[0]))
+    np.testing.assert_allclose(np.asarray(verts[1]), np.asarray(posed[1] + transl[1]), atol=1e-6)
+    assert np.asarray(ok).tolist() == [True, True, False]
