@@ -25,8 +25,9 @@ Batched arrays (:class:`ObjectMeshes`): objects have different vertex and face c
 vertices are padded to the largest count by tiling (vertex j of an object with n vertices fills slots j,
 j + n, ...: upstream's collate tiles the same way), with ``object_vertex_valid`` marking the real ones for
 the metrics. For rendering, :meth:`ObjectMeshes.render_topology` gives ONE static topology for every
-sample: the union of all objects' faces; a sample's other objects are moved behind the camera, where the
-rasteriser drops their faces (objects sharing one topology, e.g. the built-in scenes, render it directly).
+sample: a triangle soup with as many faces as the largest object, each sample's own object's triangles
+gathered into it and the rest parked behind the camera, where the rasteriser drops them (objects sharing one
+topology, e.g. the built-in scenes, render it directly).
 """
 from __future__ import annotations
 
@@ -296,18 +297,22 @@ class ObjectMeshes:
         return all(len(v) == len(self.canonical[0]) for v in self.canonical) and all(
             f.shape == first.shape and np.array_equal(f, first) for f in self.faces)
 
-    def render_topology(self) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
-        """(faces (F, 3) int32, slot (Vr,) int32 or None, owner (Vr,) int32 or None): the static mesh every
-        sample renders. Shared topology: the objects' faces over their own vertices (slot/owner None).
-        Otherwise the union: render vertex r is slot ``slot[r]`` of object ``owner[r]``'s padded vertices,
-        the faces index render vertices (see :func:`render_vertices`)."""
+    def render_topology(self) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(faces (F, 3) int32, soup (O, 3 F) int32 or None): the static mesh every sample renders.
+
+        Objects sharing one topology: their faces over their own vertices (soup None). Otherwise a triangle
+        soup of F = the largest face count: render vertex 3 k + c is corner c of face k of the sample's own
+        object, i.e. padded vertex ``soup[object_id, 3 k + c]``, and -1 (a vertex parked behind the camera,
+        so the face is never rasterised) past that object's faces (see the photometric system's
+        ``Parts.render_object``). The rasteriser sees F faces whichever objects a batch holds; the flow's
+        barycentric interpolation over a face is unchanged since its corners carry the same values."""
         if self.shares_topology():
-            return self.faces[0], None, None
-        offsets = np.concatenate([[0], np.cumsum(self.num_vertices)])
-        faces = np.concatenate([f + offsets[o] for o, f in enumerate(self.faces)]).astype(np.int32)
-        slot = np.concatenate([np.arange(n) for n in self.num_vertices]).astype(np.int32)
-        owner = np.concatenate([np.full(n, o) for o, n in enumerate(self.num_vertices)]).astype(np.int32)
-        return faces, slot, owner
+            return self.faces[0], None
+        fmax = max(len(f) for f in self.faces)
+        soup = np.full((len(self), 3 * fmax), -1, np.int32)
+        for o, f in enumerate(self.faces):
+            soup[o, : 3 * len(f)] = f.reshape(-1)
+        return np.arange(3 * fmax, dtype=np.int32).reshape(fmax, 3), soup
 
     def summary(self) -> str:
         return ", ".join(f"{n} ({len(v)} vertices, {len(f)} faces)" for n, v, f in

@@ -97,23 +97,23 @@ def test_object_labels_place_the_model_and_render_topology(tmp_path):
     np.testing.assert_allclose(labels["object_vertices"][:n], model @ rot.T + t, atol=1e-6)
     assert labels["object_vertex_valid"].sum() == n and bool(labels["has_object"])
     np.testing.assert_allclose(labels["object_transl"], rot @ meshes.centres[k] + t, atol=1e-6)
-    # union render topology: a sample shows its own object; the others' faces lie behind the camera
-    faces, slot, owner = meshes.render_topology()
-    assert len(faces) == sum(len(f) for f in meshes.faces) and slot is not None
+    # render topology: a triangle soup as large as the largest object; a sample renders its own object's
+    # triangles, the unused corners lie behind the camera
+    faces, soup = meshes.render_topology()
+    fmax = max(len(f) for f in meshes.faces)
+    assert faces.shape == (fmax, 3) and soup.shape == (len(meshes), 3 * fmax)
     import jax.numpy as jnp
 
     from handjax.train.photometric import Parts
 
     padded, _ = meshes.padded()
-    parts = Parts(None, None, jnp.asarray(padded), faces, None, 0, (8, 8), {}, object_slot=slot, object_owner=owner)
+    parts = Parts(None, None, jnp.asarray(padded), faces, None, 0, (8, 8), {}, object_soup=soup)
     verts = jnp.asarray(np.stack([labels["object_vertices"]] * 2))
     out = np.asarray(parts.render_object(verts, jnp.asarray([k, 0])))
-    mine = owner == k
-    np.testing.assert_allclose(out[0, mine], labels["object_vertices"][:n], atol=1e-7)
-    assert np.all(out[0, ~mine, 2] < 0) and np.all(out[1, owner != 0, 2] < 0)
-    # the faces of object k's slots are exactly its own triangles
-    own = faces[np.all(mine[faces], axis=1)]
-    np.testing.assert_array_equal(slot[own], meshes.faces[k])
+    own = labels["object_vertices"][meshes.faces[k]]                       # (F_k, 3 corners, 3)
+    tris = out[0][faces]                                                    # (fmax, 3, 3)
+    np.testing.assert_allclose(tris[: len(own)], own, atol=1e-7)
+    assert np.all(tris[len(own):, :, 2] < 0)
 
 
 # ----------------------------------------------------------------------------- FPHAB skeleton adaptor

@@ -93,8 +93,8 @@ class Parts:
 
     Objects (:class:`data_pipelines.object_models.ObjectMeshes`): ``object_vertices`` (O, Vmax, 3) canonical,
     bounding-box centred, padded by tiling; ``object_faces`` (Fr, 3) the render topology over
-    :meth:`render_object`'s vertices (the objects' one shared topology, or the union of all objects' faces with
-    ``object_slot`` / ``object_owner`` (Vr,) saying which padded vertex of which object each render vertex is);
+    :meth:`render_object`'s vertices (the objects' one shared topology, or a triangle soup whose render vertex r
+    is padded vertex ``object_soup[object_id, r]``, -1 = parked behind the camera);
     ``object_mesh_faces`` / ``object_num_vertices`` each object's own faces and vertex count (OBJ export)."""
 
     hand_model: Any
@@ -105,8 +105,7 @@ class Parts:
     wrist_fan: int
     image_hw: tuple
     factors: dict
-    object_slot: Optional[np.ndarray] = None
-    object_owner: Optional[np.ndarray] = None
+    object_soup: Optional[np.ndarray] = None      # (O, Vr) int32, see render_topology
     object_names: tuple = ()
     object_mesh_faces: tuple = ()
     object_num_vertices: tuple = ()
@@ -119,15 +118,15 @@ class Parts:
 
     def render_object(self, verts: jnp.ndarray, object_id: jnp.ndarray) -> jnp.ndarray:
         """Padded object vertices (B, Vmax, 3) of objects ``object_id`` (B,) -> the render topology's vertices
-        (B, Vr, 3): with a union topology the other objects' vertices sit behind the camera (their faces are
-        never rasterised); gradients reach the sample's own object's vertices."""
-        if self.object_slot is None:
+        (B, Vr, 3): with a triangle soup each sample's own object's face corners, the unused faces' corners
+        behind the camera (never rasterised); gradients reach the sample's object vertices through the gather."""
+        if self.object_soup is None:
             return verts
         from data_pipelines.object_models import BEHIND_CAMERA
 
-        gathered = verts[:, jnp.asarray(self.object_slot)]
-        mine = jnp.asarray(self.object_owner)[None, :] == jnp.asarray(object_id).reshape(-1, 1)
-        return jnp.where(mine[..., None], gathered, jnp.asarray(BEHIND_CAMERA, verts.dtype))
+        index = jnp.asarray(self.object_soup)[jnp.asarray(object_id).reshape(-1)]          # (B, Vr)
+        gathered = jnp.take_along_axis(verts, jnp.maximum(index, 0)[..., None], axis=1)
+        return jnp.where((index >= 0)[..., None], gathered, jnp.asarray(BEHIND_CAMERA, verts.dtype))
 
 
 OBJECT_MODELS_HELP = {
@@ -199,7 +198,7 @@ def make_parts(cfg, builder_dir: str) -> Parts:
     hand = mano.load_model(cfg.mano.model_path or None, "right")
     meshes = object_meshes(cfg, builder_dir)
     padded, _ = meshes.padded()
-    faces, slot, owner = meshes.render_topology()
+    faces, soup = meshes.render_topology()
     _, sealed = seal_wrist(hand.v_template, np.asarray(hand.faces), MANO_WRIST_BOUNDARY_IDS)
     m = cfg.model
     size = int(cfg.data.image_size)
@@ -208,7 +207,7 @@ def make_parts(cfg, builder_dir: str) -> Parts:
                  hand_faces=np.asarray(sealed), wrist_fan=len(MANO_WRIST_BOUNDARY_IDS), image_hw=(size, size),
                  factors=dict(trans_factor=float(m.trans_factor), scale_factor=float(m.scale_factor),
                               depth_offset=float(m.depth_offset)),
-                 object_slot=slot, object_owner=owner, object_names=tuple(meshes.names),
+                 object_soup=soup, object_names=tuple(meshes.names),
                  object_mesh_faces=tuple(meshes.faces), object_num_vertices=tuple(int(n) for n in meshes.num_vertices),
                  source_hw=_stored_frame_size(cfg, builder_dir))
 
