@@ -82,9 +82,15 @@ def test_saved_trainable_is_the_stage_filter(head_only_run):
     finally:
         ckpt.close()
     model = Net(nnx.Rngs(0))
-    picked = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, saved_trainable(saved["params"])))}
+    flt = saved_trainable(saved["params"], saved["rest"])
+    picked = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, flt))}
     expected = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, HEAD_ONLY))}
     assert picked == expected == {"head/kernel", "head/bias"}
+    # a parameter the checkpoint does not know (another config's model) goes where the default split puts it,
+    # so a mismatch is reported as a missing "params" entry
+    model.extra = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    picked = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, flt))}
+    assert picked == {"head/kernel", "head/bias", "extra/kernel", "extra/bias"}
 
 
 def test_explicit_filter_still_accepted_and_checked(head_only_run):
@@ -118,6 +124,6 @@ def test_model_that_does_not_fit_names_the_path(head_only_run):
                                          r"shape \(8, 1\) in the checkpoint, \(8, 3\) in the model: "
                                          r"params/head/kernel"):
         restore_model(Net(nnx.Rngs(0), head=3), work)
-    with pytest.raises(ValueError, match=r"(?s)missing from the checkpoint: rest/out/kernel.*"
+    with pytest.raises(ValueError, match=r"(?s)missing from the checkpoint: params/out/kernel.*"
                                          r"not in the model: params/head/kernel"):
         restore_model(Net(nnx.Rngs(0), head_name="out"), work)

@@ -135,15 +135,27 @@ def init_state(model: nnx.Module, trainable, tx) -> tuple:
     return graphdef, state
 
 
-def saved_trainable(saved_params):
+def saved_trainable(saved_params, saved_rest=None):
     """The nnx filter of the variables a checkpoint stores under "params" (its stage's ``Task.trainable``).
 
-    saved_params: the saved tree of a train state's "params" entry (``Checkpointer.saved_tree(step)
-    ["params"]``: leaves at ``<variable path>/value``). A variable path that is not in it (e.g. a
-    model of another config) is not selected: it is looked for under "rest" and reported there.
+    saved_params / saved_rest: the saved trees of a train state's "params" / "rest" entries
+    (``Checkpointer.saved_tree(step)[...]``: leaves at ``<variable path>/value``). A variable path in
+    neither (e.g. of a model of another config) is classified by its type (``nnx.Param``: "params"), so
+    a mismatch is reported where the default split would put it.
     """
-    stored = {leaf[:i] for leaf in saved_leaf_paths(saved_params) for i in range(1, len(leaf) + 1)}
-    return lambda path, _: tuple(map(str, path)) in stored
+    def prefixes(tree):
+        return {leaf[:i] for leaf in saved_leaf_paths(tree) for i in range(1, len(leaf) + 1)}
+
+    stored, other = prefixes(saved_params), prefixes(saved_rest) if saved_rest is not None else set()
+    is_param = nnx.filterlib.to_predicate(nnx.Param)
+
+    def trainable(path, variable):
+        key = tuple(map(str, path))
+        if key in stored:
+            return True
+        return key not in other and is_param(path, variable)
+
+    return trainable
 
 
 def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None, trainable=None) -> int:
@@ -177,7 +189,7 @@ def restore_model(model: nnx.Module, workdir: str, step: Optional[int] = None, t
             if "params" not in saved:
                 raise ValueError(f"checkpoint step {step} in {directory}: the saved train state has no 'params' "
                                  f"entry (found {sorted(saved)}); expected one written by handjax.train.loop.train")
-            trainable = saved_trainable(saved["params"])
+            trainable = saved_trainable(saved["params"], saved.get("rest"))
         target = {"params": nnx.state(model, trainable), "rest": nnx.state(model, nnx.Not(trainable))}
         state = ckpt.restore_subset(step, target)
     finally:
