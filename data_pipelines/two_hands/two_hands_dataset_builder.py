@@ -86,6 +86,11 @@ BASE_CONFIGS = {
     "default": TwoHandsConfig(
         name="default", description="300 train + 36 test sequences x 8 frames at 128x96.",
         num_sequences=300, test_sequences=36, frames=8, image_size=128, annotate_every=1, render_batch=64),
+    # the scenes of `default` at twice the resolution: hands about 45 px long, enough detail for the hand crops of
+    # the DIGIT and InterWild default configs (2x the build time of `default`)
+    "hires": TwoHandsConfig(
+        name="hires", description="300 train + 36 test sequences x 8 frames at 256x192.",
+        num_sequences=300, test_sequences=36, frames=8, image_size=256, annotate_every=1, render_batch=32),
 }
 OVERRIDABLE = builtin.SEQUENCE_SIZES
 
