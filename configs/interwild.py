@@ -2,8 +2,9 @@ r"""InterWild (CVPR 2023): two interacting hands from a person crop -- hand boxe
 hand crops (the left one mirrored), 2.5D joints + MANO per hand, and the relative translation
 from Gaussian heatmaps of both hands' joints.
 
-Default: the built-in two-hand person-crop scenes (128x96) with ResNet-18 branches, 64 px hand
-crops and 16^3 TransNet heatmaps, sized for a 2-core CPU:
+Default: the built-in two-hand person-crop scenes (the `hires` build, 256x192; the body branch sees
+them at 128x96) with ResNet-18 branches, 64 px hand crops and 16^3 TransNet heatmaps, 400 steps,
+sized for a 2-core CPU (about 16 minutes; README "InterWild" has the table):
 
   python -m handjax.main --config configs/interwild.py --workdir /tmp/interwild
 
