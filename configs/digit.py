@@ -1,8 +1,9 @@
 r"""DIGIT: HRNet + probabilistic per-pixel part segmentation fused into 2.5D two-hand keypoints.
 
 Default: trained from scratch on the built-in two-hand scenes (square crops around both hands),
-a narrow HRNet and head at 64x64, sized for a 2-core CPU (11 minutes of training steps; compiling the
-train step took 26 more minutes on a loaded 2-core machine), then evaluated with DIGIT's InterHand2.6M rules next to the trivial baselines:
+a narrow HRNet and head at 64x64, sized for a 2-core CPU (1500 steps at ~2.4 step/s plus ~2 minutes to compile the
+train step; README "DIGIT" has the measured table), then evaluated with DIGIT's InterHand2.6M rules next to the
+trivial baselines:
 
   python -m handjax.main --config configs/digit.py --workdir /tmp/digit
 

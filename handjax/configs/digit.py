@@ -40,13 +40,13 @@ def get_config(arg=None):
                                saturation=0.2, hue=0.0, bbox_pad=1.25))
     # input_norm: 'unit' = DIGIT's RGB / 255 input (the pipelines' ImageNet normalisation is undone in the model)
     c.model = dict(backbone="hrnet_w18_small", backbone_kw=dict(width=8, layer1_planes=16), spec=dict(SMALL_SPEC),
-                   input_norm="unit", conv_impl="auto", backbone_init="kaiming")
-    # Measured once on 2 CPU cores shared with other jobs: 67 min, of which 25.7 compiling the train step (Winograd
-    # convolutions; far less on an idle machine) and ~11 for the 1200 steps (1.5-2 step/s); target: 10-15 min idle.
+                   input_norm="unit", conv_impl="xla", backbone_init="kaiming")
+    # conv_impl 'xla': XLA's own convolutions. The Winograd ones ('auto') step a little faster but made XLA-CPU
+    # compile the train step for 26 min (2 min with 'xla'); the README's DIGIT section has the measured run.
     # micro_batches: upstream's gradient accumulation (2 x 32): the batch in k parts, BN statistics per part.
     # lr 1e-3 (upstream 1e-4 starts from ImageNet weights; here everything trains from scratch)
-    c.train = dict(num_steps=1200, batch_size=16, micro_batches=1, loss_weights=dict(DEFAULT_WEIGHTS),
-                   optim=_step_schedule(1e-3, 1200), log_every=50, checkpoint_every=400, keep_checkpoints=2,
+    c.train = dict(num_steps=1500, batch_size=16, micro_batches=1, loss_weights=dict(DEFAULT_WEIGHTS),
+                   optim=_step_schedule(1e-3, 1500), log_every=50, checkpoint_every=500, keep_checkpoints=2,
                    summary_every=500, eval_every=0, eval_split="test", eval_batches=0)
     # root_depth: 'gt' (ground-truth wrist depths) or 'rootnet' (InterHand2.6M's RootNet depths, DIGIT's release)
     c.eval = dict(split="test", batch_size=64, checkpoint="", root_depth="gt")
@@ -65,6 +65,7 @@ def get_config(arg=None):
         c.model.backbone_kw = {}
         c.model.spec = dict(PAPER_SPEC)
         c.model.backbone_init = "hrnet"
+        c.model.conv_impl = "auto"  # Winograd 3x3 on CPU (a long compile, faster steps), XLA's elsewhere
         steps = 50 * 1_000_000 // 64  # ~50 epochs of the 5fps train split at batch 64 (set to your split's size)
         c.train.update(num_steps=steps, batch_size=64, micro_batches=2, log_every=100, checkpoint_every=5000,
                        summary_every=5000)
