@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--conv-impl", nargs="+", default=["auto"], choices=["auto", "winograd", "xla"])
     p.add_argument("--torch-threads", type=int, nargs="+", default=[0])
+    p.add_argument("--torch-memory-format", nargs="+", default=["contiguous", "channels_last"],
+                   choices=["contiguous", "channels_last"], help="torch runners' memory formats (each is timed)")
     p.add_argument("--malloc", default="keep", choices=["keep", "default"])
     p.add_argument("--skip-torch", action="store_true")
     args = p.parse_args(argv)
@@ -121,7 +123,7 @@ class JaxRunner:
 
 
 class TorchRunner:
-    def __init__(self, sizes, batch, threads):
+    def __init__(self, sizes, batch, threads, memory_format="contiguous"):
         import jax.numpy as jnp
         import numpy as np
         import torch
@@ -143,6 +145,9 @@ class TorchRunner:
         self.t = {k: torch.from_numpy(np.array(v)) for k, v in t.items()}
         self.t["segm"] = self.t["segm"].long()
         self.x = torch.from_numpy(batch["unit"]).permute(0, 3, 1, 2).contiguous()
+        if memory_format == "channels_last":  # NHWC kernels (often faster for convolutions on CPU)
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.parents = torch.tensor(PARENTS_21)
         self.first_loss = self.run(1)
         self.setup_s = time.perf_counter() - t0
@@ -198,8 +203,9 @@ def main(argv=None):
     if not args.skip_torch:
         default = torch.get_num_threads()
         for t in args.torch_threads:
-            r = TorchRunner(sizes, batch, t or default)
-            runners[f"torch/{r.threads}t"] = r
+            for fmt in args.torch_memory_format:
+                r = TorchRunner(sizes, batch, t or default, fmt)
+                runners[f"torch/{r.threads}t" + ("/cl" if fmt == "channels_last" else "")] = r
     wall = time_rounds(runners, args)
     med = {k: statistics.median(v) for k, v in wall.items()}
     print(f"\n{'runner':>14} {'ms/step':>10} {'images/s':>9} {'setup s':>8} {'first loss':>11}")
