@@ -4,7 +4,7 @@ from Gaussian heatmaps of both hands' joints.
 
 Default: the built-in two-hand person-crop scenes (the `hires` build, 256x192; the body branch sees
 them at 128x96) with ResNet-18 branches, 64 px hand crops and 16^3 TransNet heatmaps, 400 steps,
-sized for a 2-core CPU (about 16 minutes; README "InterWild" has the table):
+sized for a 2-core CPU (about 12 minutes idle; README "InterWild" has the table):
 
   python -m handjax.main --config configs/interwild.py --workdir /tmp/interwild
 

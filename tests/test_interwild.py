@@ -252,3 +252,30 @@ def test_predict_postprocess_threshold_decision_and_params():
     np.testing.assert_allclose(rec["interwild"]["box_iou"], 4 / 28)  # (2x2) / (16 + 16 - 4) in original pixels
     kept, rec = T.postprocess_fn(0.0)(outputs, _extras([0.5, 0.5], [0, 0, 2, 2], [10, 10, 12, 12]), A)
     assert rec["interwild"]["two_hand_decision"].startswith("separate")
+
+
+def test_crops_at_given_boxes_where_valid_predicted_elsewhere():
+    """``crop_boxes`` (the config's train.crop_boxes=ground_truth): each valid hand is cut around its given box,
+    squared and doubled like the predicted ones (hand-computed), the others at the predicted box; the box
+    outputs stay the predicted ones."""
+    from handjax.configs.interwild import get_config
+
+    cfg = get_config("size=tiny")
+    model = T.build_model(cfg)
+    model.eval()
+    h, w = T.geometry(cfg).image_hw
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, h, w, 3)), jnp.float32)
+    free = model(images)
+    # right box 4 wide x 2 high about (10, 9) -> square side 4, doubled: (6, 5, 14, 13); left box invalid in frame 0
+    boxes = jnp.asarray([[[8.0, 8.0, 12.0, 10.0], [0.0, 0.0, 6.0, 6.0]]] * 2, jnp.float32)
+    valid = jnp.asarray([[True, False], [True, True]])
+    out = model(images, crop_boxes=boxes, crop_valid=valid)
+    np.testing.assert_allclose(np.asarray(out["rhand_crop_box"]), [[6, 5, 14, 13]] * 2, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["lhand_crop_box"][1]), [-3, -3, 9, 9], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["lhand_crop_box"][0]), np.asarray(free["lhand_crop_box"][0]), atol=1e-6)
+    for key in ("rhand_bbox", "lhand_bbox"):
+        np.testing.assert_allclose(np.asarray(out[key]), np.asarray(free[key]), atol=1e-6)
+    # the crops really come from the given boxes: the hand-to-original transform maps the crop onto the box
+    hs = T.geometry(cfg).hand_size
+    corner = np.asarray(out["hand2orig"][0]) @ np.array([hs, hs, 1.0])
+    np.testing.assert_allclose(corner[:2], [14, 13], atol=1e-3)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -176,6 +176,13 @@ def restore_bbox(center, size, hm_hw, body_hw, aspect_ratio=None, extension=1.0)
     sx, sy = body_hw[1] / hm_hw[1], body_hw[0] / hm_hw[0]
     x1, y1 = (center[:, 0] - size[:, 0] / 2) * sx, (center[:, 1] - size[:, 1] / 2) * sy
     x2, y2 = (center[:, 0] + size[:, 0] / 2) * sx, (center[:, 1] + size[:, 1] / 2) * sy
+    return reshape_box(jnp.stack([x1, y1, x2, y2], -1), aspect_ratio, extension)
+
+
+def reshape_box(box: jnp.ndarray, aspect_ratio=None, extension=1.0) -> jnp.ndarray:
+    """(..., 4) xyxy -> the same centre with the short side enlarged to ``aspect_ratio`` (w / h) when
+    given, then both sides scaled by ``extension`` (``restore_bbox``'s last steps)."""
+    x1, y1, x2, y2 = box[..., 0], box[..., 1], box[..., 2], box[..., 3]
     w, h = x2 - x1, y2 - y1
     cx, cy = x1 + w / 2, y1 + h / 2
     if aspect_ratio is not None:
@@ -432,7 +439,14 @@ class InterWildModel(nnx.Module):
         self.hand_rotation_net = RotationNet(nf, geometry, channels=rot_channels, rngs=rngs)
         self.hand_trans_net = TransNet(geometry, backbone=trans_backbone, conv_impl=conv_impl, rngs=rngs)
 
-    def __call__(self, images: jnp.ndarray) -> Dict[str, jnp.ndarray]:
+    def __call__(self, images: jnp.ndarray, crop_boxes: Optional[jnp.ndarray] = None,
+                 crop_valid: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
+        """Person crops (B, H, W, 3) RGB in [0, 1] -> the raw outputs.
+
+        crop_boxes (B, 2, 4) xyxy person-crop pixels [right, left] with crop_valid (B, 2) bool (optional; not
+        upstream): where valid, the hand is cut around THAT box (squared and doubled as the predicted ones)
+        instead of the predicted box, e.g. ground-truth boxes while the box branch is still poor in a short
+        training run; the box outputs are the predicted ones either way."""
         g = self.geometry
         if images.ndim != 4 or tuple(images.shape[1:3]) != tuple(g.image_hw):
             raise ValueError(f"InterWild: expected person crops (B, {g.image_hw[0]}, {g.image_hw[1]}, 3), "
@@ -447,7 +461,13 @@ class InterWildModel(nnx.Module):
         for side in ("rhand", "lhand"):
             out[f"{side}_bbox"] = restore_bbox(box[f"{side}_center"], box[f"{side}_size"], hm_hw, g.body_hw) * scale
             crop_box = restore_bbox(box[f"{side}_center"], box[f"{side}_size"], hm_hw, g.body_hw, 1.0, 2.0)
-            out[f"{side}_crop_box"] = lax.stop_gradient(crop_box * scale)
+            crop_box = crop_box * scale
+            if crop_boxes is not None:
+                k = 0 if side == "rhand" else 1
+                given = reshape_box(crop_boxes[:, k].astype(crop_box.dtype), 1.0, 2.0)
+                use = jnp.ones(b, bool) if crop_valid is None else jnp.asarray(crop_valid[:, k], bool)
+                crop_box = jnp.where(use[:, None], given, crop_box)
+            out[f"{side}_crop_box"] = lax.stop_gradient(crop_box)
         o2h = box_affine(jnp.concatenate([out["rhand_crop_box"], out["lhand_crop_box"]]), (g.hand_size,) * 2)
         crops = lax.stop_gradient(crop_images(jnp.concatenate([images, images]), o2h, g.hand_size))
         crops = jnp.concatenate([crops[:b], crops[b:, :, ::-1]])  # the left crop mirrored

@@ -64,22 +64,34 @@ def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
     return images * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN)
 
 
-def forward(model, images, cfg_geometry, mano_pair):
-    """Normalised person crops -> the loss terms' prediction dict."""
-    return iw_losses.prediction(model(to_unit_range(images)), cfg_geometry, *mano_pair)
+def forward(model, images, cfg_geometry, mano_pair, **crop):
+    """Normalised person crops -> the loss terms' prediction dict (``crop``: the model's optional
+    ``crop_boxes`` / ``crop_valid``)."""
+    return iw_losses.prediction(model(to_unit_range(images), **crop), cfg_geometry, *mano_pair)
 
 
 # ----------------------------------------------------------------------------- loss
-def loss_fn(model, batch, rng, *, geometry, mano_pair, weights):
+CROP_BOXES = ("predicted", "ground_truth")
+
+
+def loss_fn(model, batch, rng, *, geometry, mano_pair, weights, crop_boxes: str = "predicted"):
+    """The weighted iw_* terms. crop_boxes 'predicted' (upstream: hands cut at the box branch's detached boxes)
+    or 'ground_truth' (cut at the labelled hand boxes where a hand is valid, the predicted ones elsewhere)."""
     del rng
-    pred = forward(model, batch["image"], geometry, mano_pair)
+    crop = {}
+    if crop_boxes == "ground_truth":
+        crop = dict(crop_boxes=batch["hand_box"], crop_valid=batch["hand_valid"])
+    pred = forward(model, batch["image"], geometry, mano_pair, **crop)
     return loss_from_weights(pred, batch, weights, geometry.image_hw[0])
 
 
 def train_task(ctx) -> Task:
     cfg = ctx.cfg
+    mode = str(ctx.stage_cfg.get("crop_boxes", "predicted"))
+    if mode not in CROP_BOXES:
+        raise ValueError(f"config key {ctx.name}.crop_boxes must be one of {CROP_BOXES}, got {mode!r}")
     loss = functools.partial(loss_fn, geometry=geometry(cfg), mano_pair=mano_models(cfg),
-                             weights=dict(ctx.stage_cfg.loss_weights))
+                             weights=dict(ctx.stage_cfg.loss_weights), crop_boxes=mode)
     return Task(build_model(cfg, seed=ctx.seed), loss)
 
 
