@@ -279,3 +279,14 @@ def test_crops_at_given_boxes_where_valid_predicted_elsewhere():
     hs = T.geometry(cfg).hand_size
     corner = np.asarray(out["hand2orig"][0]) @ np.array([hs, hs, 1.0])
     np.testing.assert_allclose(corner[:2], [14, 13], atol=1e-3)
+
+
+def test_unknown_crop_boxes_mode_is_a_config_error():
+    import pytest
+
+    from handjax.configs.interwild import get_config
+
+    cfg = get_config("size=tiny")
+    cfg.train.crop_boxes = "gt"
+    with pytest.raises(ValueError, match=r"config key train.crop_boxes must be one of .*'gt'"):
+        T.SYSTEM.check(cfg)

@@ -85,11 +85,16 @@ def loss_fn(model, batch, rng, *, geometry, mano_pair, weights, crop_boxes: str 
     return loss_from_weights(pred, batch, weights, geometry.image_hw[0])
 
 
+def _crop_mode(stage_cfg, name: str) -> str:
+    mode = str(stage_cfg.get("crop_boxes", "predicted"))
+    if mode not in CROP_BOXES:
+        raise ValueError(f"config key {name}.crop_boxes must be one of {CROP_BOXES}, got {mode!r}")
+    return mode
+
+
 def train_task(ctx) -> Task:
     cfg = ctx.cfg
-    mode = str(ctx.stage_cfg.get("crop_boxes", "predicted"))
-    if mode not in CROP_BOXES:
-        raise ValueError(f"config key {ctx.name}.crop_boxes must be one of {CROP_BOXES}, got {mode!r}")
+    mode = _crop_mode(ctx.stage_cfg, ctx.name)
     loss = functools.partial(loss_fn, geometry=geometry(cfg), mano_pair=mano_models(cfg),
                              weights=dict(ctx.stage_cfg.loss_weights), crop_boxes=mode)
     return Task(build_model(cfg, seed=ctx.seed), loss)
@@ -401,6 +406,7 @@ def _check(cfg):
 
     geometry(cfg)
     check_weights(dict(cfg.train.loss_weights), iw_losses.TERMS, "train.loss_weights")
+    _crop_mode(cfg.train, "train")
     if not guards.builtin_hand_allowed(cfg) and _released_checkpoint(cfg.eval.get("checkpoint", "") or ""):
         raise ValueError(f"config key eval.checkpoint={cfg.eval.checkpoint!r} is a converted InterWild release, "
                          f"trained with the real MANO model, but mano.model_path is empty: {guards.MANO_REQUIRED}")
