@@ -59,8 +59,7 @@ NUM_JOINTS = 42
 NUM_CLASSES = 33
 ROOT_BINS = 64
 INPUT_NORMS = ("unit", "imagenet")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from handjax.models.input_norm import IMAGENET_MEAN, IMAGENET_STD, from_imagenet  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,9 +295,7 @@ class DigitModel(nnx.Module):
     def _input(self, images):
         if self.input_norm == "imagenet":
             return images
-        mean = jnp.asarray(IMAGENET_MEAN, images.dtype)
-        std = jnp.asarray(IMAGENET_STD, images.dtype)
-        return images * std + mean
+        return from_imagenet(images)
 
     def segmentation(self, feat):
         """Backbone map (B, h, h, C) -> segmentation logits (B, 2h, 2h, 33)."""

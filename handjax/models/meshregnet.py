@@ -37,8 +37,7 @@ from handjax.geometry import axis_angle_to_matrix, project_perspective
 from handjax.models.hand_output import HandOutput, make_hand_output
 from handjax.models.registry import build, register
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from handjax.models.input_norm import from_imagenet
 INPUT_NORMS = ("mean0.5", "imagenet")
 CENTER_IDX = 9  # middle-finger MCP in manopth's (OpenPose) joint order
 # upstream's recover_3d_proj constants (obj_trans_factor, obj_scale_factor, off_z), used for hand and object
@@ -124,8 +123,7 @@ class MeshRegNet(nnx.Module):
         """ImageNet-normalised batches -> the network's input normalisation."""
         if self.input_norm == "imagenet":
             return images
-        mean, std = jnp.asarray(IMAGENET_MEAN, images.dtype), jnp.asarray(IMAGENET_STD, images.dtype)
-        return images * std + mean - 0.5
+        return from_imagenet(images, -0.5)
 
     def __call__(self, images: jnp.ndarray) -> dict:
         return self.heads(self.backbone(self.normalize(images)))

@@ -20,6 +20,7 @@ from handjax import mano
 from handjax.losses import interwild as iw_losses
 from handjax.losses import loss_from_weights
 from handjax.models import interwild as iw
+from handjax.models.input_norm import from_imagenet
 from handjax.train.loop import Task
 from handjax.train.system import EvalStage, Predictor, System, TrainStage
 
@@ -59,9 +60,7 @@ def mano_models(cfg):
 
 def to_unit_range(images: jnp.ndarray) -> jnp.ndarray:
     """ImageNet-normalised crops (the datasets' and predict's) -> RGB in [0, 1] (InterWild's input)."""
-    from data_pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    return images * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN)
+    return from_imagenet(images)
 
 
 def forward(model, images, cfg_geometry, mano_pair, **crop):

@@ -42,6 +42,7 @@ from handjax.losses import photometric as pl
 from handjax.models import CONV_IMPLS
 from handjax.geometry import project_perspective
 from handjax.models.meshregnet import MeshRegNet, decode, model_convention
+from handjax.models.input_norm import from_imagenet
 from handjax.render import MANO_WRIST_BOUNDARY_IDS, seal_wrist
 from handjax.train import guards
 from handjax.train.loop import Task, restore_model
@@ -50,8 +51,6 @@ from handjax.train.system import EvalStage, Predictor, System, TrainStage
 SUPERVISED_TERMS = tuple(pl.TERMS)
 CONSIST_TERMS = SUPERVISED_TERMS + ("consist",)
 EVAL_INPUTS = ("image", "K", "object_id")
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 # ----------------------------------------------------------------------------- model
@@ -237,7 +236,7 @@ def _frames(batch, i: int) -> dict:
 
 def to_unit_range(images):
     """ImageNet-normalised images -> upstream's [-0.5, 0.5] intensities."""
-    return images * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN) - 0.5
+    return from_imagenet(images, -0.5)
 
 
 def consistency_loss(model, batch, rng, *, parts: Parts, weights: dict, freeze_bn: bool, consist: dict):
