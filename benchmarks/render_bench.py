@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import statistics
 import time
 
@@ -22,7 +21,8 @@ import numpy as np
 
 from handjax.geometry import intrinsics
 from handjax.mano.builtin import builtin_mano_arrays
-from handjax.render import DEFAULT_FACE_CHUNK, render_mesh_batch
+from handjax.render import DEFAULT_FACE_CHUNK, DEFAULT_NEAR, render_mesh_batch
+from handjax.render import visibility_strategy as render_strategy
 
 
 def posed_batch(batch: int, size: int, seed: int = 0):
@@ -46,17 +46,8 @@ def posed_batch(batch: int, size: int, seed: int = 0):
 
 
 def visibility_strategy(verts, faces, K, size: int) -> str:
-    """Which visibility pass the renderer picks for this batch ("window S" or "dense")."""
-    raster_mod = importlib.import_module("handjax.render.rasterize")  # private helpers, reporting only
-
-    windows = raster_mod._useful_windows(raster_mod.DEFAULT_WINDOWS, faces.shape[0], (size, size), raster_mod.DEFAULT_DENSE_FACES)
-
-    def branch(v):
-        xy, z = raster_mod.screen_space(v, K)
-        return raster_mod._branch_index(raster_mod._face_data(xy, z, faces, raster_mod.DEFAULT_NEAR), windows, raster_mod.DEFAULT_DENSE_FACES)
-
-    index = int(jnp.max(jax.vmap(branch)(verts)))
-    return f"window {windows[index]}" if index < len(windows) else "dense"
+    """Which visibility pass the renderer runs for this batch (tiles / window / dense)."""
+    return render_strategy(verts, faces, K, (size, size), near=DEFAULT_NEAR)
 
 
 def time_call(fn, args, repeats: int):
@@ -110,13 +101,13 @@ def main(argv=None):
 
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"mesh 778 v / 1538 f, face_chunk {args.face_chunk}, repeats {args.repeats}")
-    header = (f"{'size':>9} {'batch':>5} {'cover':>6} {'visibility':>10} {'fwd ms':>10} {'fwd+bwd ms':>11} "
+    header = (f"{'size':>9} {'batch':>5} {'cover':>6} {'visibility':>36} {'fwd ms':>10} {'fwd+bwd ms':>11} "
               f"{'compile s (f/b)':>16} {'temp MiB':>9}")
     print(header)
     print("-" * len(header))
     for size in args.sizes:
         r = bench(args.batch, size, args.repeats, args.face_chunk)
-        print(f"{size:>4}x{size:<4} {r['batch']:>5} {r['coverage']:>6.2f} {r['strategy']:>10} {r['fwd_ms']:>10.1f} {r['fwdbwd_ms']:>11.1f} "
+        print(f"{size:>4}x{size:<4} {r['batch']:>5} {r['coverage']:>6.2f} {r['strategy']:>36} {r['fwd_ms']:>10.1f} {r['fwdbwd_ms']:>11.1f} "
               f"{r['compile_f']:>7.1f}/{r['compile_b']:<8.1f} {r['temp_mb']:>9.1f}", flush=True)
 
 

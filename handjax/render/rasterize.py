@@ -17,11 +17,20 @@ Conventions (shared by the whole ``handjax.render`` package):
   face index.
 
 The visibility pass (which face is nearest at each pixel) is discrete and carries
-no gradient. It is exact and picks the cheapest of two strategies at run time
-(see :func:`visible_faces`): a dense pass over chunks of ``face_chunk`` faces with
-``lax.scan`` and a running z-buffer (memory ``O(face_chunk * H * W)``, never
-``O(F * H * W)``), or a windowed pass testing each face only on a small pixel
-block around its bounding box (memory ``O(F * S^2)``).
+no gradient. It is exact and runs the cheapest of three strategies that is exact for
+the input, chosen at run time with ``lax.switch`` (see :func:`visible_faces`), all
+giving the same face ids:
+
+* tiled (the usual one): the image is cut into ``tile`` x ``tile`` pixel tiles, each
+  face is listed in the tiles its bounding box touches, and every tile tests only its
+  listed faces, ``tile_faces`` at a time, at its own pixel centres. Work and memory
+  follow the mesh's screen footprint, O(items * (tile_faces + tile^2)) for a static
+  ladder of item capacities ``tile_items``;
+* windowed: each face is tested on a small pixel block around its bounding box
+  (memory ``O(F * S^2)``);
+* dense, the fallback: chunks of ``face_chunk`` faces at every pixel with ``lax.scan``
+  and a running z-buffer (memory ``O(face_chunk * H * W)``, never ``O(F * H * W)``).
+
 The barycentrics and depth of the selected face are then recomputed from the
 vertex positions with differentiable ``jnp`` (as nvdiffrast's ``interpolate``
 does), so :class:`Fragments` ``bary``/``depth`` have gradients w.r.t. ``verts``.
@@ -41,6 +50,9 @@ DEFAULT_NEAR = 1e-3
 DEFAULT_FACE_CHUNK = 64
 DEFAULT_WINDOWS = (8, 16, 32, 64)
 DEFAULT_DENSE_FACES = 32
+DEFAULT_TILE = 8
+DEFAULT_TILE_FACES = 16
+DEFAULT_TILE_ITEMS = (256, 1024, 4096, 16384)
 # Faces whose doubled screen-space area is below this (pixels^2) are skipped.
 _MIN_AREA2 = 1e-8
 
@@ -159,21 +171,30 @@ def perspective_barycentrics(
 
 # --------------------------------------------------------------------------- visibility pass
 #
-# Two exact strategies give the same face ids:
+# Three exact strategies give the same face ids, because each evaluates the same
+# operations (_inverse_depth) on the same per-face values and pixel centres and
+# resolves depth ties to the lowest face index:
 # * dense: every face is tested at every pixel, in chunks of ``face_chunk`` faces
 #   (lax.scan with a running z-buffer), O(F * H * W) work;
 # * windowed: each face is tested on an S x S block of pixel centres starting at its
 #   bounding box, O(F * S^2) work, with a scatter-max z-buffer; the ``dense_faces``
 #   faces with the largest boxes also go through the dense pass, so the result is
-#   exact as long as every other face fits in S x S.
-# ``lax.switch`` picks the smallest window of the ladder that is exact for the
-# input (or dense), outside any vmap in the *_batch functions.
+#   exact as long as every other face fits in S x S;
+# * tiled: (tile, face) pairs for every tile a face's box touches, sorted by tile and
+#   cut into work items of up to ``tile_faces`` faces; exact when the items and pairs
+#   fit the static capacities, O(items * tile_faces * tile^2) work.
+# ``lax.switch`` picks the cheapest strategy exact for the input (for every mesh of
+# a batch), outside any vmap in the *_batch functions.
 
 _NO_FACE = jnp.iinfo(jnp.int32).max
 # Pixel tests per block of faces in the windowed pass (bounds its memory).
 _WINDOW_BLOCK = 1 << 18
 # Relative cost of a windowed pixel test vs a dense one (see _useful_windows).
 _WINDOW_COST = 24
+# Relative cost of a tiled pixel test vs a dense one, and the fixed cost (pair sort,
+# item lists, merge) per work item of capacity, in dense pixel tests (XLA:CPU).
+_TILE_COST = 1.0
+_TILE_ITEM_OVERHEAD = 256
 
 
 class _FaceData(NamedTuple):
@@ -193,6 +214,7 @@ class _FaceData(NamedTuple):
     valid: jnp.ndarray  # (F,)
     start: jnp.ndarray  # (F, 2) first pixel centre (x, y) >= the bounding box minimum
     span: jnp.ndarray  # (F,) pixel centres covered by the bounding box along its longer side
+    stop: jnp.ndarray  # (F, 2) last pixel centre (x, y) <= the bounding box maximum
 
 
 def _face_data(xy: jnp.ndarray, z: jnp.ndarray, faces: jnp.ndarray, near: float) -> _FaceData:
@@ -213,7 +235,8 @@ def _face_data(xy: jnp.ndarray, z: jnp.ndarray, faces: jnp.ndarray, near: float)
     pa, pb = jnp.roll(tri_xy, -1, axis=1), jnp.roll(tri_xy, -2, axis=1)
     forward = (ia < ib)[..., None]
     start = jnp.ceil(jnp.min(tri_xy, axis=1))
-    extent = jnp.floor(jnp.max(tri_xy, axis=1)) - start + 1.0
+    stop = jnp.floor(jnp.max(tri_xy, axis=1))
+    extent = stop - start + 1.0
     return _FaceData(
         origin=jnp.where(forward, pa, pb),
         direction=jnp.where(forward, pb - pa, pa - pb),
@@ -222,21 +245,26 @@ def _face_data(xy: jnp.ndarray, z: jnp.ndarray, faces: jnp.ndarray, near: float)
         valid=valid,
         start=start,
         span=jnp.where(valid, jnp.maximum(jnp.max(extent, axis=-1), 0.0), 0.0),
+        stop=stop,
     )
 
 
 def _inverse_depth(fd: _FaceData, px: jnp.ndarray, py: jnp.ndarray) -> jnp.ndarray:
-    """1/z of faces fd (N,) at pixel centres px, py (N or 1, P); 0 where not covered -> (N, P)."""
-    inside = fd.valid[:, None]
+    """1/z of faces fd (..., N) at pixel centres px, py (..., N or 1, P); 0 where not covered -> (..., N, P).
+
+    Every strategy evaluates exactly these operations on the same per-face values and
+    pixel coordinates, so they agree bit for bit.
+    """
+    inside = fd.valid[..., None]
     inv_depth = 0.0
     for k in range(3):
         lam = (
-            fd.direction[:, k, 0, None] * (py - fd.origin[:, k, 1, None])
-            - fd.direction[:, k, 1, None] * (px - fd.origin[:, k, 0, None])
-        ) * fd.scale[:, k, None]
+            fd.direction[..., k, 0, None] * (py - fd.origin[..., k, 1, None])
+            - fd.direction[..., k, 1, None] * (px - fd.origin[..., k, 0, None])
+        ) * fd.scale[..., k, None]
         # The sign of the area is folded into scale, so both windings are covered.
         inside = inside & (lam >= 0)
-        inv_depth = inv_depth + lam * fd.inv_z[:, k, None]
+        inv_depth = inv_depth + lam * fd.inv_z[..., k, None]
     return jnp.where(inside, inv_depth, 0.0)
 
 
@@ -355,6 +383,169 @@ def _windowed_visibility(
     return jnp.where(zbuf > 0, best, -1)
 
 
+# Tiled pass: the image is cut into tile x tile pixel blocks; each face is listed in
+# every tile its bounding box touches, the (tile, face) pairs are sorted by tile and
+# cut into work items of up to ``tile_faces`` faces of one tile. An item tests its
+# faces on its tile's pixel centres (a dense z-buffer in miniature, no scatter), and
+# the items of a tile are merged with a small per-tile scatter-max / scatter-min.
+# Exact whenever the number of items fits the static capacity.
+
+
+class _TileLayout(NamedTuple):
+    """Static tiling of an (H, W) image: ``rows`` x ``cols`` tiles of ``size`` x ``size`` pixels."""
+
+    size: int
+    faces: int  # faces per work item
+    rows: int
+    cols: int
+
+
+def _tile_layout(image_size: Tuple[int, int], tile: int, tile_faces: int) -> _TileLayout:
+    h, w = image_size
+    return _TileLayout(tile, tile_faces, -(-h // tile), -(-w // tile))
+
+
+def _tile_ranges(fd: _FaceData, image_size: Tuple[int, int], layout: _TileLayout):
+    """Inclusive tile range of each face's pixel centres inside the image.
+
+    Returns lo (F, 2), hi (F, 2) int32 tile coordinates (column, row) and the tile
+    count (F,) int32, 0 for faces that cover no pixel centre of the image (invalid,
+    off-screen, or a box between pixel centres).
+    """
+    h, w = image_size
+    limit = jnp.array([w - 1, h - 1], fd.start.dtype)
+    first = jnp.clip(fd.start, 0.0, limit + 1.0)  # clipped in float: boxes may be huge or far off
+    last = jnp.clip(fd.stop, -1.0, limit)
+    some = fd.valid & jnp.all(first <= last, axis=-1)
+    lo = jnp.where(some[:, None], first, 0.0).astype(jnp.int32) // layout.size
+    hi = jnp.where(some[:, None], last, 0.0).astype(jnp.int32) // layout.size
+    count = jnp.where(some, (hi[:, 0] - lo[:, 0] + 1) * (hi[:, 1] - lo[:, 1] + 1), 0)
+    return lo, hi, count
+
+
+def _tile_counts(lo: jnp.ndarray, hi: jnp.ndarray, count: jnp.ndarray, layout: _TileLayout) -> jnp.ndarray:
+    """Faces listed in each tile, (rows * cols,) int32 (2-D difference array + prefix sums)."""
+    one = (count > 0).astype(jnp.int32)
+    rows = jnp.stack([lo[:, 1], lo[:, 1], hi[:, 1] + 1, hi[:, 1] + 1], -1).reshape(-1)
+    cols = jnp.stack([lo[:, 0], hi[:, 0] + 1, lo[:, 0], hi[:, 0] + 1], -1).reshape(-1)
+    signs = (one[:, None] * jnp.array([1, -1, -1, 1], jnp.int32)).reshape(-1)
+    grid = jnp.zeros((layout.rows + 1, layout.cols + 1), jnp.int32).at[rows, cols].add(signs)
+    grid = jnp.cumsum(jnp.cumsum(grid, axis=0), axis=1)
+    return grid[: layout.rows, : layout.cols].reshape(-1)
+
+
+def _tile_pairs(items: int, layout: _TileLayout) -> int:
+    """(tile, face) pair capacity that goes with a capacity of ``items`` work items: half
+    full items on average (a mesh needing more takes the next capacity of the ladder)."""
+    return max(1, items * layout.faces // 2)
+
+
+def _tile_needs(fd: _FaceData, image_size: Tuple[int, int], layout: _TileLayout) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """(work items, (tile, face) pairs) the tiled pass needs for one mesh, scalars.
+
+    Summed in float32 (exact below 2^24, and larger sums stay larger than any capacity)
+    so that huge meshes on huge images cannot overflow int32.
+    """
+    lo, hi, count = _tile_ranges(fd, image_size, layout)
+    per_tile = _tile_counts(lo, hi, count, layout)
+    f32 = jnp.float32
+    return jnp.sum((-(-per_tile // layout.faces)).astype(f32)), jnp.sum(count.astype(f32))
+
+
+def _segment_owner(first: jnp.ndarray, count: jnp.ndarray, n: int) -> jnp.ndarray:
+    """Owner (n,) int32 of each of n slots when owner k holds slots first[k] .. first[k] + count[k] - 1
+    (first = exclusive cumsum of count (K,)); slots past the last are given the last non-empty owner."""
+    owner = jnp.where(count > 0, jnp.arange(count.shape[0], dtype=jnp.int32), 0)
+    marks = jnp.zeros((n,), jnp.int32).at[first].max(owner, mode="drop")
+    return lax.cummax(marks)
+
+
+def _tiled_visibility(
+    fd: _FaceData, n_items: jnp.ndarray, image_size: Tuple[int, int], layout: _TileLayout, items: int
+) -> jnp.ndarray:
+    """Face id (P,) by the tiled pass with a capacity of ``items`` work items and
+    ``_tile_pairs(items, layout)`` (tile, face) pairs; -1 = background.
+
+    Exact when the mesh's needs (:func:`_tile_needs`) fit both capacities and
+    ``n_items`` (a scalar, unbatched under vmap: the batch maximum) is at least its
+    items: only the first ``n_items`` items are tested, so the pixel tests cost
+    O(n_items * tile_faces * tile^2) whatever the capacity. Memory: O(items *
+    (tile_faces + tile^2)) for the pair list and the per-item results, plus the image,
+    plus ``_WINDOW_BLOCK`` pixel tests per step of the loop over blocks of items.
+    """
+    h, w = image_size
+    t, c = layout.size, layout.faces
+    n_tiles = layout.rows * layout.cols
+    n_pairs = _tile_pairs(items, layout)
+    lo, hi, count = _tile_ranges(fd, image_size, layout)
+    n_faces = count.shape[0]
+    # (tile, face) pairs in face order: face f owns pairs first[f] .. first[f] + count[f] - 1.
+    first = jnp.cumsum(count) - count
+    n_used = first[-1] + count[-1]
+    p = jnp.arange(n_pairs, dtype=jnp.int32)
+    face = _segment_owner(first, count, n_pairs)
+    info = jnp.stack([first, lo[:, 0], lo[:, 1], hi[:, 0] - lo[:, 0] + 1], -1)[face]  # one row gather
+    local = p - info[:, 0]
+    dy = lax.div(local, info[:, 3])  # non-negative: truncating division
+    tile = (info[:, 2] + dy) * layout.cols + info[:, 1] + local - dy * info[:, 3]
+    tile = jnp.where(p < n_used, tile, n_tiles)  # unused slots sort last
+    if (n_tiles + 1) * n_faces < 2**31:  # one packed key sorts much faster than two operands
+        key = lax.sort(tile * n_faces + face)
+        tile = lax.div(key, jnp.int32(n_faces))
+        face = key - tile * n_faces
+    else:
+        tile, face = lax.sort((tile, face), num_keys=1)
+    del tile  # sorted by tile; the items below know their tile
+    # Work items: tile k holds ceil(per_tile[k] / c) of them, in tile order.
+    per_tile = _tile_counts(lo, hi, count, layout)
+    per_item = -(-per_tile // c)
+    item_first = jnp.cumsum(per_item) - per_item
+    n_items_used = item_first[-1] + per_item[-1]
+    item_tile = _segment_owner(item_first, per_item, items)
+    tab = jnp.stack([jnp.cumsum(per_tile) - per_tile, per_tile, item_first], -1)[item_tile]
+    i = jnp.arange(items, dtype=jnp.int32)
+    slot = (i - tab[:, 2])[:, None] * c + jnp.arange(c, dtype=jnp.int32)
+    item_ok = i < n_items_used
+    pair_ok = item_ok[:, None] & (slot < tab[:, 1, None])
+    item_faces = jnp.where(pair_ok, face[jnp.clip(tab[:, 0, None] + slot, 0, n_pairs - 1)], -1)
+    item_tile = jnp.where(item_ok, item_tile, n_tiles)
+
+    offs = jnp.arange(t * t, dtype=jnp.int32)
+    block = max(1, min(items, _WINDOW_BLOCK // (c * t * t)))
+    n_blocks = -(-items // block)
+    pad = n_blocks * block - items
+    item_faces = jnp.pad(item_faces, ((0, pad), (0, 0)), constant_values=-1)
+    item_tile = jnp.pad(item_tile, (0, pad), constant_values=n_tiles)
+
+    def body(j, buffers):
+        ids = lax.dynamic_slice_in_dim(item_faces, j * block, block)
+        tiles = lax.dynamic_slice_in_dim(item_tile, j * block, block)
+        sub = jax.tree_util.tree_map(lambda a: a[jnp.maximum(ids, 0)], fd)
+        sub = sub._replace(valid=sub.valid & (ids >= 0))
+        row, col = tiles // layout.cols, tiles % layout.cols
+        px = (col[:, None] * t + offs % t)[:, None, :].astype(fd.scale.dtype)
+        py = (row[:, None] * t + offs // t)[:, None, :].astype(fd.scale.dtype)
+        inv = _inverse_depth(sub, px, py)  # (block, c, t*t)
+        best = jnp.max(inv, axis=1)
+        winner = jnp.min(jnp.where(inv == best[:, None], ids[:, :, None], _NO_FACE), axis=1)
+        return (lax.dynamic_update_slice_in_dim(buffers[0], best, j * block, 0),
+                lax.dynamic_update_slice_in_dim(buffers[1], winner, j * block, 0))
+
+    # Items past n_items are empty (tile n_tiles) and stay 0 / _NO_FACE.
+    buffers = (jnp.zeros((n_blocks * block, t * t), fd.scale.dtype),
+               jnp.full((n_blocks * block, t * t), _NO_FACE, jnp.int32))
+    steps = jnp.minimum(-(-jnp.asarray(n_items, jnp.int32) // block), n_blocks)
+    best, winner = lax.fori_loop(0, steps, body, buffers)
+    zbuf = jnp.zeros((n_tiles, t * t), fd.scale.dtype).at[item_tile].max(best, mode="drop")
+    top = (best > 0) & (best == zbuf[jnp.minimum(item_tile, n_tiles - 1)])
+    ids = jnp.full((n_tiles, t * t), _NO_FACE, jnp.int32).at[item_tile].min(
+        jnp.where(top, winner, _NO_FACE), mode="drop"
+    )
+    ids = jnp.where(zbuf > 0, ids, -1)
+    image = ids.reshape(layout.rows, layout.cols, t, t).transpose(0, 2, 1, 3)
+    return image.reshape(layout.rows * t, layout.cols * t)[:h, :w].reshape(-1)
+
+
 def _useful_windows(windows: Sequence[int], n_faces: int, image_size, dense_faces: int) -> Tuple[int, ...]:
     """Windows of the ladder predicted to beat the dense pass (sorted, unique).
 
@@ -381,50 +572,155 @@ def _branch_index(fd: _FaceData, windows: Tuple[int, ...], dense_faces: int) -> 
     return jnp.where(jnp.any(fits), jnp.argmax(fits), len(windows)).astype(jnp.int32)
 
 
-def _visibility_branches(image_size, windows, dense_faces, face_chunk, batched):
-    """The lax.switch branches: one per window, then dense; vmapped when ``batched``."""
-    fns = [
-        functools.partial(
-            _windowed_visibility, image_size=image_size, window=s, dense_faces=dense_faces, face_chunk=face_chunk
-        )
-        for s in windows
-    ]
-    fns.append(functools.partial(_dense_visibility, image_size=image_size, face_chunk=face_chunk))
-    return [jax.vmap(f) if batched else f for f in fns]
+class _Branch(NamedTuple):
+    """One visibility strategy of the plan: kind "tiles" (size = work-item capacity),
+    "window" (size = window side) or "dense" (size 0)."""
+
+    kind: str
+    size: int
 
 
-@functools.partial(
-    jax.jit, static_argnames=("image_size", "face_chunk", "near", "windows", "dense_faces", "batched")
-)
-def _visible_faces(verts, faces, K, image_size, face_chunk, near, windows, dense_faces, batched):
-    """face id (..., H, W) for one mesh, or a batch (B, V, 3) when ``batched`` (one switch for all)."""
+def _visibility_plan(
+    n_faces: int, image_size, windows: Tuple[int, ...], dense_faces: int, layout: _TileLayout, tile_items
+) -> Tuple[Tuple[_Branch, ...], Tuple[int, ...]]:
+    """The strategies worth compiling (dense last, always exact) and the useful windows."""
     h, w = image_size
-    verts, K = lax.stop_gradient(verts), lax.stop_gradient(K)
-    faces = faces.astype(jnp.int32)
-    windows = _useful_windows(windows, faces.shape[0], image_size, dense_faces)
+    useful = _useful_windows(windows, n_faces, image_size, dense_faces)
+    max_items = layout.rows * layout.cols * -(-n_faces // layout.faces)
+    caps = sorted(set(min(int(c), max_items) for c in tile_items))
+    # A capacity whose fixed cost alone reaches the dense pass's can never win.
+    caps = [c for c in caps if _TILE_ITEM_OVERHEAD * c < n_faces * h * w]
+    plan = [_Branch("tiles", c) for c in caps] + [_Branch("window", s) for s in useful] + [_Branch("dense", 0)]
+    return tuple(plan), useful
+
+
+def _branch_costs(plan, n_items: jnp.ndarray, n_faces: int, image_size, dense_faces: int, layout) -> jnp.ndarray:
+    """Predicted cost (len(plan),) float32 of each strategy in dense pixel tests.
+
+    Tiled: a fixed cost per item of capacity plus ``_TILE_COST`` per pixel test of the
+    ``n_items`` items run; windowed: ``_WINDOW_COST`` per pixel test (two scatters) plus
+    the dense pass of its ``dense_faces`` largest faces. The constants match XLA:CPU;
+    the choice only affects speed, never the result.
+    """
+    h, w = image_size
+    costs = []
+    for b in plan:
+        if b.kind == "tiles":
+            tests = n_items * layout.faces * layout.size**2
+            costs.append(_TILE_ITEM_OVERHEAD * b.size + _TILE_COST * tests)
+        elif b.kind == "window":
+            costs.append(jnp.float32(_WINDOW_COST * n_faces * b.size**2 + dense_faces * h * w))
+        else:
+            costs.append(jnp.float32(n_faces * h * w))
+    return jnp.stack([jnp.asarray(c, jnp.float32) for c in costs])
+
+
+def _exact_branches(fd: _FaceData, plan, useful_windows, dense_faces, image_size, layout):
+    """(len(plan),) bool: which strategies of the plan are exact for one mesh, and the
+    work items the tiled pass needs (float32 scalar, 0 without tiles)."""
+    flags = []
+    items = pairs = jnp.float32(0)
+    if any(b.kind == "tiles" for b in plan):
+        items, pairs = _tile_needs(fd, image_size, layout)
+    if useful_windows:
+        smallest = _branch_index(fd, useful_windows, dense_faces)
+    for b in plan:
+        if b.kind == "tiles":
+            flags.append((items <= b.size) & (pairs <= _tile_pairs(b.size, layout)))
+        elif b.kind == "window":
+            flags.append(smallest <= useful_windows.index(b.size))
+        else:
+            flags.append(jnp.array(True))
+    return jnp.stack(flags), items
+
+
+def _branch_fn(b: _Branch, image_size, dense_faces, face_chunk, layout):
+    """The strategy as a function of (face table, items to run)."""
+    if b.kind == "tiles":
+        return functools.partial(_tiled_visibility, image_size=image_size, layout=layout, items=b.size)
+    if b.kind == "window":
+        fn = functools.partial(
+            _windowed_visibility, image_size=image_size, window=b.size, dense_faces=dense_faces, face_chunk=face_chunk
+        )
+    else:
+        fn = functools.partial(_dense_visibility, image_size=image_size, face_chunk=face_chunk)
+    return lambda fd, n_items: fn(fd)
+
+
+def _screen_faces(verts, faces, K, near, batched) -> _FaceData:
     if batched:
         xy, z = jax.vmap(screen_space, in_axes=(0, 0 if K.ndim == 3 else None))(verts, K)
-        fd = jax.vmap(_face_data, in_axes=(0, 0, None, None))(xy, z, faces, near)
-        branch = jnp.max(jax.vmap(lambda f: _branch_index(f, windows, dense_faces))(fd))
+        return jax.vmap(_face_data, in_axes=(0, 0, None, None))(xy, z, faces, near)
+    xy, z = screen_space(verts, K)
+    return _face_data(xy, z, faces, near)
+
+
+_STATIC = ("image_size", "face_chunk", "near", "windows", "dense_faces", "tile", "tile_faces", "tile_items", "batched")
+
+
+def _plan_and_choice(verts, faces, K, image_size, near, windows, dense_faces, tile, tile_faces, tile_items, batched):
+    """(plan, layout, face table, chosen index, tiled items to run) with one choice for
+    the whole batch: the cheapest strategy exact for every mesh."""
+    verts, K = lax.stop_gradient(verts), lax.stop_gradient(K)
+    layout = _tile_layout(image_size, tile, tile_faces)
+    plan, useful = _visibility_plan(faces.shape[0], image_size, windows, dense_faces, layout, tile_items)
+    fd = _screen_faces(verts, faces, K, near, batched)
+    exact = functools.partial(
+        _exact_branches, plan=plan, useful_windows=useful, dense_faces=dense_faces, image_size=image_size,
+        layout=layout,
+    )
+    if batched:
+        ok, items = jax.vmap(exact)(fd)
+        ok, items = jnp.all(ok, axis=0), jnp.max(items)
     else:
-        xy, z = screen_space(verts, K)
-        fd = _face_data(xy, z, faces, near)
-        branch = _branch_index(fd, windows, dense_faces)
-    branches = _visibility_branches(image_size, windows, dense_faces, face_chunk, batched)
-    face_id = branches[0](fd) if len(branches) == 1 else lax.switch(branch, branches, fd)
+        ok, items = exact(fd)
+    costs = _branch_costs(plan, items, faces.shape[0], image_size, dense_faces, layout)
+    choice = jnp.argmin(jnp.where(ok, costs, jnp.inf)).astype(jnp.int32)  # dense (last) is always exact
+    # items <= the chosen capacity when tiles are chosen; clipped so that the cast cannot overflow
+    n_items = jnp.minimum(items, max([b.size for b in plan if b.kind == "tiles"], default=0)).astype(jnp.int32)
+    return plan, layout, fd, choice, n_items
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _visible_faces(verts, faces, K, image_size, face_chunk, near, windows, dense_faces, tile, tile_faces,
+                   tile_items, batched):
+    """face id (..., H, W) for one mesh, or a batch (B, V, 3) when ``batched`` (one switch for all)."""
+    h, w = image_size
+    faces = faces.astype(jnp.int32)
+    plan, layout, fd, choice, n_items = _plan_and_choice(
+        verts, faces, K, image_size, near, windows, dense_faces, tile, tile_faces, tile_items, batched
+    )
+    fns = [_branch_fn(b, image_size, dense_faces, face_chunk, layout) for b in plan]
+    fns = [jax.vmap(f, in_axes=(0, None)) if batched else f for f in fns]
+    face_id = fns[0](fd, n_items) if len(fns) == 1 else lax.switch(choice, fns, fd, n_items)
     return face_id.reshape(face_id.shape[:-1] + (h, w))
 
 
-def _check_visibility_args(image_size, face_chunk, windows, dense_faces):
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _chosen_branch(verts, faces, K, image_size, face_chunk, near, windows, dense_faces, tile, tile_faces,
+                   tile_items, batched):
+    del face_chunk
+    return _plan_and_choice(
+        verts, faces.astype(jnp.int32), K, image_size, near, windows, dense_faces, tile, tile_faces, tile_items,
+        batched,
+    )[3:]
+
+
+def _check_visibility_args(image_size, face_chunk, windows, dense_faces, tile=DEFAULT_TILE,
+                           tile_faces=DEFAULT_TILE_FACES, tile_items=DEFAULT_TILE_ITEMS):
     h, w = check_image_size(image_size)
-    if int(face_chunk) < 1:
-        raise ValueError(f"face_chunk must be a positive int, got {face_chunk!r}")
-    if int(dense_faces) < 1:
-        raise ValueError(f"dense_faces must be a positive int, got {dense_faces!r}")
+    for name, value in (("face_chunk", face_chunk), ("dense_faces", dense_faces), ("tile", tile),
+                        ("tile_faces", tile_faces)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     windows = tuple(int(s) for s in windows)
     if any(s < 1 for s in windows):
         raise ValueError(f"windows must be positive ints, got {windows!r}")
-    return (h, w), int(face_chunk), windows, int(dense_faces)
+    tile_items = tuple(int(s) for s in tile_items)
+    if any(s < 1 for s in tile_items):
+        raise ValueError(f"tile_items must be positive ints, got {tile_items!r}")
+    return dict(image_size=(h, w), face_chunk=int(face_chunk), windows=windows, dense_faces=int(dense_faces),
+                tile=int(tile), tile_faces=int(tile_faces), tile_items=tile_items)
 
 
 def visible_faces(
@@ -436,21 +732,27 @@ def visible_faces(
     near: float = DEFAULT_NEAR,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     dense_faces: int = DEFAULT_DENSE_FACES,
+    tile: int = DEFAULT_TILE,
+    tile_faces: int = DEFAULT_TILE_FACES,
+    tile_items: Sequence[int] = DEFAULT_TILE_ITEMS,
 ) -> jnp.ndarray:
     """Index of the nearest face covering each pixel centre, (H, W) int32, -1 = background.
 
-    Non-differentiable (inputs are wrapped in ``stop_gradient``). ``windows`` is the
-    ladder of window sizes (pixels) for the windowed pass, ``()`` forces the dense
-    pass; ``dense_faces`` faces with the largest boxes always go through the dense
-    pass; ``face_chunk`` bounds the dense pass's memory to O(face_chunk * H * W).
-    All strategies return the same ids (up to float ties). Under a user ``jax.vmap``
-    the strategy switch turns into a select that evaluates every branch: prefer
-    :func:`visible_faces_batch` for batches.
+    Non-differentiable (inputs are wrapped in ``stop_gradient``). The cheapest exact
+    strategy runs (module docstring): ``tile_items`` is the ladder of work-item
+    capacities of the tiled pass (``tile`` x ``tile`` pixel tiles, up to ``tile_faces``
+    faces per item; ``()`` turns it off), ``windows`` the ladder of window sizes
+    (pixels) of the windowed pass (``()`` turns it off), where the ``dense_faces``
+    faces with the largest boxes go through the dense pass; with both off the dense
+    pass runs alone; ``face_chunk`` bounds the dense pass's memory to
+    O(face_chunk * H * W). All strategies return the same ids. Under a user
+    ``jax.vmap`` the strategy switch turns into a select that evaluates every branch:
+    prefer :func:`visible_faces_batch` for batches.
     """
     verts, faces, K = jnp.asarray(verts), jnp.asarray(faces), jnp.asarray(K)
     check_mesh(verts, faces, K)
-    image_size, face_chunk, windows, dense_faces = _check_visibility_args(image_size, face_chunk, windows, dense_faces)
-    return _visible_faces(verts, faces, K, image_size, face_chunk, float(near), windows, dense_faces, False)
+    opts = _check_visibility_args(image_size, face_chunk, windows, dense_faces, tile, tile_faces, tile_items)
+    return _visible_faces(verts, faces, K, near=float(near), batched=False, **opts)
 
 
 def visible_faces_batch(
@@ -462,16 +764,49 @@ def visible_faces_batch(
     near: float = DEFAULT_NEAR,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     dense_faces: int = DEFAULT_DENSE_FACES,
+    tile: int = DEFAULT_TILE,
+    tile_faces: int = DEFAULT_TILE_FACES,
+    tile_items: Sequence[int] = DEFAULT_TILE_ITEMS,
 ) -> jnp.ndarray:
     """Batched :func:`visible_faces`: verts (B, V, 3), shared faces (F, 3), K (3, 3) or (B, 3, 3).
 
-    One strategy (the smallest window exact for every mesh of the batch) is chosen
-    for the whole batch, so only that branch runs. Returns (B, H, W) int32.
+    One strategy (the cheapest exact for every mesh of the batch) is chosen for the
+    whole batch, so only that branch runs. Returns (B, H, W) int32.
     """
     verts, faces, K = jnp.asarray(verts), jnp.asarray(faces), jnp.asarray(K)
     check_mesh(verts, faces, K, batched=True)
-    image_size, face_chunk, windows, dense_faces = _check_visibility_args(image_size, face_chunk, windows, dense_faces)
-    return _visible_faces(verts, faces, K, image_size, face_chunk, float(near), windows, dense_faces, True)
+    opts = _check_visibility_args(image_size, face_chunk, windows, dense_faces, tile, tile_faces, tile_items)
+    return _visible_faces(verts, faces, K, near=float(near), batched=True, **opts)
+
+
+def visibility_strategy(
+    verts: jnp.ndarray,
+    faces: jnp.ndarray,
+    K: jnp.ndarray,
+    image_size: Sequence[int],
+    near: float = DEFAULT_NEAR,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    dense_faces: int = DEFAULT_DENSE_FACES,
+    tile: int = DEFAULT_TILE,
+    tile_faces: int = DEFAULT_TILE_FACES,
+    tile_items: Sequence[int] = DEFAULT_TILE_ITEMS,
+) -> str:
+    """Which visibility pass :func:`visible_faces_batch` (verts (B, V, 3)) or
+    :func:`visible_faces` (verts (V, 3)) runs for these inputs, for reports:
+    ``"tiles 8px/16 faces: 606 of 1024 items"`` (items run of the capacity),
+    ``"window 32"`` or ``"dense"``. Host-side (not jittable)."""
+    verts, faces, K = jnp.asarray(verts), jnp.asarray(faces), jnp.asarray(K)
+    batched = verts.ndim == 3
+    check_mesh(verts, faces, K, batched=batched)
+    opts = _check_visibility_args(image_size, DEFAULT_FACE_CHUNK, windows, dense_faces, tile, tile_faces, tile_items)
+    index, n_items = (int(a) for a in _chosen_branch(verts, faces, K, near=float(near), batched=batched, **opts))
+    layout = _tile_layout(opts["image_size"], opts["tile"], opts["tile_faces"])
+    plan, _ = _visibility_plan(faces.shape[0], opts["image_size"], opts["windows"], opts["dense_faces"], layout,
+                               opts["tile_items"])
+    b = plan[index]
+    if b.kind == "tiles":
+        return f"tiles {layout.size}px/{layout.faces} faces: {n_items} of {b.size} items"
+    return f"window {b.size}" if b.kind == "window" else "dense"
 
 
 # --------------------------------------------------------------------------- public API
@@ -504,6 +839,9 @@ def rasterize(
     near: float = DEFAULT_NEAR,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     dense_faces: int = DEFAULT_DENSE_FACES,
+    tile: int = DEFAULT_TILE,
+    tile_faces: int = DEFAULT_TILE_FACES,
+    tile_items: Sequence[int] = DEFAULT_TILE_ITEMS,
 ) -> Fragments:
     """Rasterise ONE mesh: verts (V, 3) camera frame, faces (F, 3) int, K (3, 3).
 
@@ -515,7 +853,9 @@ def rasterize(
     """
     verts, faces, K = jnp.asarray(verts), jnp.asarray(faces), jnp.asarray(K)
     check_mesh(verts, faces, K)
-    face_id = visible_faces(verts, faces, K, image_size, face_chunk, near, windows, dense_faces)
+    face_id = visible_faces(
+        verts, faces, K, image_size, face_chunk, near, windows, dense_faces, tile, tile_faces, tile_items
+    )
     return fragments_from_face_id(verts, faces, K, face_id)
 
 
@@ -528,12 +868,17 @@ def rasterize_batch(
     near: float = DEFAULT_NEAR,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     dense_faces: int = DEFAULT_DENSE_FACES,
+    tile: int = DEFAULT_TILE,
+    tile_faces: int = DEFAULT_TILE_FACES,
+    tile_items: Sequence[int] = DEFAULT_TILE_ITEMS,
 ) -> Fragments:
     """Batched :func:`rasterize`: verts (B, V, 3), shared faces (F, 3), K (3, 3) or (B, 3, 3).
 
     Returns :class:`Fragments` with a leading batch axis.
     """
     verts, faces, K = jnp.asarray(verts), jnp.asarray(faces), jnp.asarray(K)
-    face_id = visible_faces_batch(verts, faces, K, image_size, face_chunk, near, windows, dense_faces)
+    face_id = visible_faces_batch(
+        verts, faces, K, image_size, face_chunk, near, windows, dense_faces, tile, tile_faces, tile_items
+    )
     k_axis = 0 if K.ndim == 3 else None
     return jax.vmap(fragments_from_face_id, in_axes=(0, None, k_axis, 0))(verts, faces, K, face_id)
