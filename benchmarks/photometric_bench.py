@@ -176,6 +176,11 @@ def consistency_bench(args):
     print(f"  render+flow  {ms_render:9.1f} ms  ({ms_render / ms_step:5.1%})")
     print(f"  warp+loss    {ms_warp:9.1f} ms  ({ms_warp / ms_step:5.1%})")
     print(f"  rendering + warping share {share:.1%} (goal <= 20%)")
+    from handjax.render import visibility_strategy
+
+    k = pl.canvas_intrinsics(K, 0.5)
+    print(f"  visibility pass: queries {visibility_strategy(qv, faces, k, (size, size), near=pl.UPSTREAM_NEAR)}, "
+          f"references {visibility_strategy(rv, faces, k, (size, size), near=pl.UPSTREAM_NEAR)}")
 
 
 def supervised_bench(args):

@@ -469,9 +469,9 @@ def _tiled_visibility(
     Exact when the mesh's needs (:func:`_tile_needs`) fit both capacities and
     ``n_items`` (a scalar, unbatched under vmap: the batch maximum) is at least its
     items: only the first ``n_items`` items are tested, so the pixel tests cost
-    O(n_items * tile_faces * tile^2) whatever the capacity. Memory: O(items *
-    (tile_faces + tile^2)) for the pair list and the per-item results, plus the image,
-    plus ``_WINDOW_BLOCK`` pixel tests per step of the loop over blocks of items.
+    O(n_items * tile_faces * tile^2) whatever the capacity (they run twice: depth, then
+    ids). Memory: O(items * tile_faces) for the pair and item lists, plus two image-sized
+    tile buffers, plus ``_WINDOW_BLOCK`` pixel tests per step of the loops over blocks.
     """
     h, w = image_size
     t, c = layout.size, layout.faces
@@ -517,7 +517,8 @@ def _tiled_visibility(
     item_faces = jnp.pad(item_faces, ((0, pad), (0, 0)), constant_values=-1)
     item_tile = jnp.pad(item_tile, (0, pad), constant_values=n_tiles)
 
-    def body(j, buffers):
+    def block_tests(j):
+        """Nearest inverse depth and face (block, t*t) of the items of block j, and their tiles (block,)."""
         ids = lax.dynamic_slice_in_dim(item_faces, j * block, block)
         tiles = lax.dynamic_slice_in_dim(item_tile, j * block, block)
         sub = jax.tree_util.tree_map(lambda a: a[jnp.maximum(ids, 0)], fd)
@@ -527,20 +528,22 @@ def _tiled_visibility(
         py = (row[:, None] * t + offs // t)[:, None, :].astype(fd.scale.dtype)
         inv = _inverse_depth(sub, px, py)  # (block, c, t*t)
         best = jnp.max(inv, axis=1)
-        winner = jnp.min(jnp.where(inv == best[:, None], ids[:, :, None], _NO_FACE), axis=1)
-        return (lax.dynamic_update_slice_in_dim(buffers[0], best, j * block, 0),
-                lax.dynamic_update_slice_in_dim(buffers[1], winner, j * block, 0))
+        return best, jnp.min(jnp.where(inv == best[:, None], ids[:, :, None], _NO_FACE), axis=1), tiles
 
-    # Items past n_items are empty (tile n_tiles) and stay 0 / _NO_FACE.
-    buffers = (jnp.zeros((n_blocks * block, t * t), fd.scale.dtype),
-               jnp.full((n_blocks * block, t * t), _NO_FACE, jnp.int32))
+    def depth_block(j, zbuf):
+        best, _, tiles = block_tests(j)
+        return zbuf.at[tiles].max(best, mode="drop")
+
+    def id_block(j, ids):
+        best, winner, tiles = block_tests(j)  # recomputed: cheaper than storing items x t*t results
+        top = (best > 0) & (best == zbuf[jnp.minimum(tiles, n_tiles - 1)])
+        return ids.at[tiles].min(jnp.where(top, winner, _NO_FACE), mode="drop")
+
+    # Only the blocks holding the first n_items items run: the per-tile z-buffer (scatter-max
+    # of each item's nearest depths), then the lowest id among each tile's items reaching it.
     steps = jnp.minimum(-(-jnp.asarray(n_items, jnp.int32) // block), n_blocks)
-    best, winner = lax.fori_loop(0, steps, body, buffers)
-    zbuf = jnp.zeros((n_tiles, t * t), fd.scale.dtype).at[item_tile].max(best, mode="drop")
-    top = (best > 0) & (best == zbuf[jnp.minimum(item_tile, n_tiles - 1)])
-    ids = jnp.full((n_tiles, t * t), _NO_FACE, jnp.int32).at[item_tile].min(
-        jnp.where(top, winner, _NO_FACE), mode="drop"
-    )
+    zbuf = lax.fori_loop(0, steps, depth_block, jnp.zeros((n_tiles, t * t), fd.scale.dtype))
+    ids = lax.fori_loop(0, steps, id_block, jnp.full((n_tiles, t * t), _NO_FACE, jnp.int32))
     ids = jnp.where(zbuf > 0, ids, -1)
     image = ids.reshape(layout.rows, layout.cols, t, t).transpose(0, 2, 1, 3)
     return image.reshape(layout.rows * t, layout.cols * t)[:h, :w].reshape(-1)
