@@ -52,7 +52,7 @@ DEFAULT_WINDOWS = (8, 16, 32, 64)
 DEFAULT_DENSE_FACES = 32
 DEFAULT_TILE = 8
 DEFAULT_TILE_FACES = 16
-DEFAULT_TILE_ITEMS = (256, 1024, 4096, 16384)
+DEFAULT_TILE_ITEMS = (512, 4096, 32768)
 # Faces whose doubled screen-space area is below this (pixels^2) are skipped.
 _MIN_AREA2 = 1e-8
 
