@@ -204,3 +204,16 @@ def test_bad_tile_options_raise():
     for key, value in (("tile", 0), ("tile_faces", 0), ("tile_items", (64, 0))):
         with pytest.raises(ValueError, match=key):
             visible_faces_batch(verts, faces, K, (16, 16), **{key: value})
+
+
+def test_strategy_choice_follows_the_options():
+    """The tiled pass is the default choice for hands; without it the windowed pass runs (and is still exact)."""
+    size = 48
+    verts, faces, K = hand_batch(size)
+    verts = verts[:2]
+    dense = np.asarray(visible_faces_batch(verts, faces, K, (size, size), **DENSE))
+    assert visibility_strategy(verts, faces, K, (size, size), near=1e-3, windows=(8, 16)).startswith("tiles 8px/16")
+    opts = dict(windows=(8, 16), tile_items=())
+    assert visibility_strategy(verts, faces, K, (size, size), near=1e-3, **opts) == "window 8"
+    np.testing.assert_array_equal(np.asarray(visible_faces_batch(verts, faces, K, (size, size), **opts)), dense)
+    assert visibility_strategy(verts, faces, K, (size, size), near=1e-3, **DENSE) == "dense"

@@ -796,7 +796,7 @@ def visibility_strategy(
 ) -> str:
     """Which visibility pass :func:`visible_faces_batch` (verts (B, V, 3)) or
     :func:`visible_faces` (verts (V, 3)) runs for these inputs, for reports:
-    ``"tiles 8px/16 faces: 606 of 1024 items"`` (items run of the capacity),
+    ``"tiles 8px/16 faces: 606 of 4096 items"`` (items run of the capacity),
     ``"window 32"`` or ``"dense"``. Host-side (not jittable)."""
     verts, faces, K = jnp.asarray(verts), jnp.asarray(faces), jnp.asarray(K)
     batched = verts.ndim == 3
