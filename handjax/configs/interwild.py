@@ -5,10 +5,19 @@ from handjax.config_utils import optim, parse_arg
 from handjax.losses.interwild import WEIGHTS
 
 
-def _schedule(num_steps: int, lr: float) -> dict:
+# RotationNet's 6D outputs at a tenth of the learning rate in the short default (optim.lr_scale; not upstream, whose
+# one rate is 1e-4): at Adam 1e-3 these wide linear layers (21 joints' sampled features in) inflated the
+# scale-free 6D vectors ~15x in 400 steps, the gradients through their normalisation vanished and the hand branch's
+# last features collapsed to a constant (one mesh for every image); measured in the README's InterWild section
+ROTATION_HEADS_LR = {"hand_rotation_net/root_pose_out": 0.1, "hand_rotation_net/pose_out": 0.1}
+
+
+def _schedule(num_steps: int, lr: float, lr_scale=None) -> dict:
     """Adam, lr -> lr / 10 at 4/7 of training (upstream: 1e-4 for epochs 0-3, 1e-5 for 4-6)."""
     o = optim(lr, 0, schedule="step", name="adam")
     o.update(decay_steps=(num_steps * 4 // 7,), decay_rate=0.1)
+    if lr_scale:
+        o["lr_scale"] = dict(lr_scale)
     return o
 
 
@@ -39,7 +48,8 @@ def get_config(arg=None):
     # 136.5 vs 127.3 mm, README). Evaluation and predict always crop at the predicted boxes.
     c.train = dict(num_steps=num_steps, batch_size=16, init_from="", loss_weights=dict(WEIGHTS),
                    crop_boxes="predicted",
-                   optim=_schedule(num_steps, 1e-3), log_every=25, checkpoint_every=200, keep_checkpoints=2,
+                   optim=_schedule(num_steps, 1e-3, ROTATION_HEADS_LR), log_every=25, checkpoint_every=200,
+                   keep_checkpoints=2,
                    summary_every=0, eval_every=0, eval_split="test", eval_batches=0)
     c.eval = dict(split="test", batch_size=32, checkpoint="", mrrpe_frames="", baseline_batches=8,
                   vertex_valid_key="mano_valid")  # the labels' per-hand mesh validity (B, 2)
@@ -57,13 +67,15 @@ def get_config(arg=None):
         c.model.update(body_backbone="resnet50", hand_backbone="resnet50", hand_size=256, trans_hm=64, sigma=2.5,
                        deconv_channels=256, rot_channels=512)
         num_steps = 7 * 10_000
-        c.train.update(num_steps=num_steps, batch_size=512, optim=_schedule(num_steps, 1e-4), log_every=100,
+        c.train.update(num_steps=num_steps, batch_size=512, log_every=100,
                        checkpoint_every=5000)
+        c.train.optim = _schedule(num_steps, 1e-4)  # replaced whole: upstream's one learning rate
         c.eval.batch_size = 64
     if a.size == "tiny":
         c.data.builder_config = "tiny"
         c.data.image_size = 32
         c.model.update(hand_size=64, trans_hm=16, deconv_channels=8, rot_channels=8)
-        c.train.update(num_steps=2, batch_size=8, log_every=1, checkpoint_every=2, optim=_schedule(2, 1e-3))
+        c.train.update(num_steps=2, batch_size=8, log_every=1, checkpoint_every=2,
+                       optim=_schedule(2, 1e-3, ROTATION_HEADS_LR))
         c.eval.update(batch_size=8, baseline_batches=1)
     return c

@@ -1,6 +1,9 @@
 """Optimisers and learning-rate schedules from config (optax)."""
 from __future__ import annotations
 
+from typing import Mapping
+
+import jax
 import optax
 
 
@@ -24,7 +27,8 @@ def make_schedule(cfg, num_steps: int):
 
 
 def make_optimizer(cfg, num_steps: int):
-    """cfg: name ('adam' | 'adamw' | 'sgd' | 'lars'), lr schedule keys, weight_decay, momentum, grad_clip."""
+    """cfg: name ('adam' | 'adamw' | 'sgd' | 'lars'), lr schedule keys, weight_decay, momentum, grad_clip,
+    lr_scale ({parameter path prefix: factor}, see :func:`scale_by_path`)."""
     schedule = make_schedule(cfg, num_steps)
     name = cfg.get("name", "adam")
     wd = float(cfg.get("weight_decay", 0.0))
@@ -41,4 +45,63 @@ def make_optimizer(cfg, num_steps: int):
     clip = float(cfg.get("grad_clip", 0.0))
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    rules = dict(cfg.get("lr_scale", None) or {})
+    if rules:
+        tx = optax.chain(tx, scale_by_path(rules))
     return tx, schedule
+
+
+def param_path(path) -> str:
+    """A pytree key path as 'a/b/c' (dict keys, attribute names and sequence indices)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def scale_by_path(rules: Mapping[str, float]) -> optax.GradientTransformation:
+    """Multiply the updates of the parameters under each path prefix by its factor.
+
+    rules: {'hand_rotation_net/root_pose_out': 0.1, ...}; a prefix matches whole path
+    components ('a/b' matches 'a/b/kernel', not 'a/bc/kernel'); the longest matching
+    prefix wins. Chained after the optimiser, a factor scales that parameter group's
+    learning rate (for Adam exactly, as Adam's step does not depend on the gradient's
+    scale). Every prefix must match a parameter: checked at ``init`` against the
+    parameter tree, the error naming ``optim.lr_scale``, the prefix and the top-level
+    names there are.
+    """
+    rules = {str(k).strip("/"): float(v) for k, v in rules.items()}
+    for prefix, factor in rules.items():
+        if not prefix or not factor >= 0.0:
+            raise ValueError(f"config optim.lr_scale: expected {{'path/prefix': factor >= 0}}, got "
+                             f"{prefix!r}: {factor!r}")
+
+    def factor_of(path) -> float:
+        name = param_path(path)
+        best, value = -1, 1.0
+        for prefix, f in rules.items():
+            if (name == prefix or name.startswith(prefix + "/")) and len(prefix) > best:
+                best, value = len(prefix), f
+        return value
+
+    def init_fn(params):
+        names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        for prefix in rules:
+            if not any(n == prefix or n.startswith(prefix + "/") for n in names):
+                tops = sorted({n.split("/")[0] for n in names})
+                raise ValueError(f"config optim.lr_scale: no parameter under {prefix!r}; the parameters are "
+                                 f"under {tops}")
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(lambda p, u: u * factor_of(p) if factor_of(p) != 1.0 else u,
+                                                  updates)
+        return scaled, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
