@@ -30,6 +30,7 @@ from handjax.render import (
     seal_wrist,
     soft_silhouette,
     vertex_normals,
+    visibility_strategy,
     visible_faces,
     visible_faces_batch,
 )
@@ -266,17 +267,20 @@ def test_windowed_visibility_equals_dense_on_a_hand():
 
     size = 48
     verts, faces, K = hand_batch(size)
-    dense = np.asarray(visible_faces_batch(verts, faces, K, (size, size), windows=()))
+    # tile_items=() switches the tiled pass off: the reference is the dense pass, the test the windowed one
+    dense = np.asarray(visible_faces_batch(verts, faces, K, (size, size), windows=(), tile_items=()))
     assert 0.15 < (dense >= 0).mean() < 0.9 and len(np.unique(dense)) > 300
     windows = _useful_windows((8, 16), faces.shape[0], (size, size), 32)
     assert windows == (8,)  # the cost model keeps the small window only
     for b in range(2):  # ... and the windowed branch is the one that runs
         xy, z = screen_space(verts[b], K)
         assert int(_branch_index(_face_data(xy, z, faces, 1e-3), windows, 32)) == 0
-    got = np.asarray(visible_faces_batch(verts, faces, K, (size, size), windows=(8, 16)))
+    assert visibility_strategy(verts, faces, K, (size, size), windows=(8, 16), tile_items=()).startswith("window")
+    got = np.asarray(visible_faces_batch(verts, faces, K, (size, size), windows=(8, 16), tile_items=()))
     np.testing.assert_array_equal(got, dense)
     # A user vmap of the single-mesh function turns the strategy switch into a select.
-    single = functools.partial(visible_faces, faces=faces, K=K, image_size=(size, size), windows=(8, 16))
+    single = functools.partial(visible_faces, faces=faces, K=K, image_size=(size, size), windows=(8, 16),
+                               tile_items=())
     np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(single))(verts)), dense)
     # A window too small for the mesh selects the dense branch (index len(windows)).
     xy, z = screen_space(verts[0], K)

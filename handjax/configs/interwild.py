@@ -6,9 +6,9 @@ from handjax.losses.interwild import WEIGHTS
 
 
 # RotationNet's 6D outputs at a tenth of the learning rate in the short default (optim.lr_scale; not upstream, whose
-# one rate is 1e-4): at Adam 1e-3 these wide linear layers (21 joints' sampled features in) inflated the
-# scale-free 6D vectors ~15x in 400 steps, the gradients through their normalisation vanished and the hand branch's
-# last features collapsed to a constant (one mesh for every image); measured in the README's InterWild section
+# one rate is 1e-4): at Adam 1e-3 for all, these wide linear layers (21 joints' sampled features in) inflated the
+# scale-free 6D vectors ~15x in 400 steps (~3x with the factor), and the hand branch's last features collapsed
+# toward a constant (one mesh for every image); measured in the README's InterWild section
 ROTATION_HEADS_LR = {"hand_rotation_net/root_pose_out": 0.1, "hand_rotation_net/pose_out": 0.1}
 
 
