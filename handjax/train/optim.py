@@ -51,17 +51,11 @@ def make_optimizer(cfg, num_steps: int):
     return tx, schedule
 
 
-def param_path(path) -> str:
-    """A pytree key path as 'a/b/c' (dict keys, attribute names and sequence indices)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
+def param_paths(tree) -> list:
+    """The leaf paths of a parameter tree as 'a/b/c' strings, in tree order (nnx variables end in '/value')."""
+    from handjax.train.checkpoint import saved_leaf_paths
+
+    return ["/".join(p) for p in saved_leaf_paths(tree)]
 
 
 def scale_by_path(rules: Mapping[str, float]) -> optax.GradientTransformation:
@@ -81,8 +75,7 @@ def scale_by_path(rules: Mapping[str, float]) -> optax.GradientTransformation:
             raise ValueError(f"config optim.lr_scale: expected {{'path/prefix': factor >= 0}}, got "
                              f"{prefix!r}: {factor!r}")
 
-    def factor_of(path) -> float:
-        name = param_path(path)
+    def factor_of(name: str) -> float:
         best, value = -1, 1.0
         for prefix, f in rules.items():
             if (name == prefix or name.startswith(prefix + "/")) and len(prefix) > best:
@@ -90,7 +83,7 @@ def scale_by_path(rules: Mapping[str, float]) -> optax.GradientTransformation:
         return value
 
     def init_fn(params):
-        names = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        names = param_paths(params)
         for prefix in rules:
             if not any(n == prefix or n.startswith(prefix + "/") for n in names):
                 tops = sorted({n.split("/")[0] for n in names})
@@ -100,8 +93,9 @@ def scale_by_path(rules: Mapping[str, float]) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        scaled = jax.tree_util.tree_map_with_path(lambda p, u: u * factor_of(p) if factor_of(p) != 1.0 else u,
-                                                  updates)
-        return scaled, state
+        leaves, treedef = jax.tree_util.tree_flatten(updates)
+        factors = [factor_of(n) for n in param_paths(updates)]  # at trace time: constants in the step
+        scaled = [u if f == 1.0 else u * f for u, f in zip(leaves, factors)]
+        return jax.tree_util.tree_unflatten(treedef, scaled), state
 
     return optax.GradientTransformation(init_fn, update_fn)
