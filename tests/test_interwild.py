@@ -52,6 +52,42 @@ def test_soft_argmax_2d_and_3d_against_numpy():
     np.testing.assert_allclose(np.asarray(iw.soft_argmax_3d(jnp.asarray(h3)))[0, 0], [3, 1, 2], atol=1e-5)
 
 
+def test_cell_centres_positions_and_feature_sampling_hand_built():
+    """Geometry.cell_centres (the CPU default; upstream False): PositionNet's soft-argmax gives cell centres
+    (index + 0.5 on x, y and depth), so a 2x2 grid (64 px crops) reaches the crop's middle where the hands are;
+    RotationNet samples its joint features at the matching cell index."""
+    from flax import nnx
+
+    kw = dict(image_hw=(32, 24), hand_size=64, depth_bins=4, trans_hm=16, sigma=1.0)
+    feat = jnp.asarray(np.random.default_rng(5).normal(size=(1, 2, 2, 6)), jnp.float32)  # hand grid 2x2
+    pos = {cc: iw.PositionNet(6, 4, cell_centres=cc, rngs=nnx.Rngs(1)) for cc in (False, True)}
+    up, cc = (np.asarray(pos[c](feat)) for c in (False, True))
+    np.testing.assert_allclose(cc, up + 0.5, atol=1e-6)
+    # a uniform heatmap: the expected cell of a 2x2x4 grid is the crop's centre (1, 1, 2) only with cell centres
+    for net in pos.values():
+        net.conv.kernel[...] = jnp.zeros_like(net.conv.kernel[...])
+        net.conv.bias[...] = jnp.zeros_like(net.conv.bias[...])
+    np.testing.assert_allclose(np.asarray(pos[True](feat))[0, 0], [1.0, 1.0, 2.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pos[False](feat))[0, 0], [0.5, 0.5, 1.5], atol=1e-6)
+    # RotationNet: joint j at the centre of cell (row 0, column 1) = grid (1.5, 0.5) samples that cell's feature
+    g = iw.Geometry(**kw, cell_centres=True)
+    net = iw.RotationNet(6, g, channels=3, rngs=nnx.Rngs(2))
+    net.eval()
+    ji = np.tile(np.array([[1.5, 0.5, 2.0]], np.float32), (iw.NUM_JOINTS, 1))[None]
+    ji[0, 3] = [0.5, 1.5, 1.0]  # joint 3 at cell (row 1, column 0)
+    x = np.asarray(nnx.relu(net.bn(net.conv(feat))))[0]  # (2, 2, 3)
+    sampled = np.repeat(x[0, 1][None], iw.NUM_JOINTS, 0)
+    sampled[3] = x[1, 0]
+    flat = np.concatenate([sampled, ji[0]], -1).reshape(1, -1)
+    ref = iw.rot6d_to_axis_angle(net.root_pose_out(jnp.asarray(flat)))
+    out = net(feat, jnp.asarray(ji))[0]
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-6)
+    # the config: the CPU default uses cell centres, recipe=paper keeps upstream's indices (its released weights)
+    from handjax.configs.interwild import get_config
+
+    assert T.geometry(get_config()).cell_centres and not T.geometry(get_config("recipe=paper")).cell_centres
+
+
 def test_sample_features_is_grid_sample_align_corners_true():
     rng = np.random.default_rng(3)
     f = rng.normal(size=(2, 4, 6, 5)).astype(np.float32)  # NCHW

@@ -38,10 +38,11 @@ def get_config(arg=None):
                   augment=dict(scale=0.1, rotation=0.0, shift=0.0, flip="random", brightness=0.2, contrast=0.2,
                                saturation=0.2, hue=0.0))
     # body_downsample 2 = upstream's bilinear half-size body input; hand crops hand_size^2 (features /32);
-    # TransNet heatmaps trans_hm^3 per joint with Gaussian sigma
+    # TransNet heatmaps trans_hm^3 per joint with Gaussian sigma; cell_centres: PositionNet at cell centres (not
+    # upstream: its cell indices reach only a quarter of a 64 px crop's 2x2 grid; README InterWild section)
     c.model = dict(body_backbone="resnet18", hand_backbone="resnet18", trans_backbone="resnet18",
                    body_downsample=2, hand_size=64, depth_bins=8, trans_hm=16, sigma=1.0, deconv_channels=64,
-                   rot_channels=64, conv_impl="auto")
+                   rot_channels=64, conv_impl="auto", cell_centres=True)
     num_steps = 400  # see the README's InterWild section for the measured time
     # crop_boxes: 'predicted' = upstream (hands cut at the box branch's detached boxes); 'ground_truth' cuts the
     # training crops at the labelled boxes (not upstream; measured on the default: MPVPE 57.7 vs 58.9 mm, MRRPE
@@ -65,7 +66,7 @@ def get_config(arg=None):
         c.data.augment = dict(scale=0.25, rotation=30.0, shift=0.0, flip="random", brightness=0.2, contrast=0.2,
                               saturation=0.2, hue=0.0)
         c.model.update(body_backbone="resnet50", hand_backbone="resnet50", hand_size=256, trans_hm=64, sigma=2.5,
-                       deconv_channels=256, rot_channels=512)
+                       deconv_channels=256, rot_channels=512, cell_centres=False)
         num_steps = 7 * 10_000
         c.train.update(num_steps=num_steps, batch_size=512, log_every=100,
                        checkpoint_every=5000)

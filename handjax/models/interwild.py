@@ -11,7 +11,8 @@ that :mod:`handjax.convert.interwild` maps keys one to one.
 Sizes are configurable (:class:`Geometry`); upstream: person crop 512x384, body input 256x192
 (a 2x2 average), hand crops 256x256 (8x8 features, 8 depth bins), TransNet heatmaps 64^3, sigma
 2.5. Coordinates follow upstream's pixel-index convention (pixel centres at integers) and
-``grid_sample(align_corners=True)`` for every feature sampling.
+``grid_sample(align_corners=True)`` for every feature sampling; ``Geometry.cell_centres`` (not
+upstream, for small hand grids) moves PositionNet's outputs to cell centres.
 
 Shapes (B person crops, N = 2B hand crops, right hands first, J = 21 joints in InterWild's
 ``sh_joints`` order: wrist, thumb1..4, index1..4, middle1..4, ring1..4, pinky1..4):
@@ -23,7 +24,7 @@ rhand_conf/...     (B,)            softmax centre heatmap sampled at the centre
 rhand_bbox/...     (B, 4)          output box (x1, y1, x2, y2) in person-crop pixels
 hand2orig          (N, 2, 3)       hand-crop pixel -> person-crop pixel (un-mirrored)
 joint_img          (N, J, 3)       un-mirrored 2.5D joints: x, y in the hand feature grid,
-                                   z in depth bins (0..D-1)
+                                   z in depth bins (0..D-1; + 0.5 with cell_centres)
 root_pose          (N, 3)          axis-angle, un-mirrored, relative (flat_hand_mean=False)
 hand_pose          (N, 45)         axis-angle, un-mirrored, relative to the MANO mean hand
 shape              (N, 10)         betas
@@ -66,7 +67,14 @@ class Geometry:
     half size = a 2x2 average); hand_size: square hand crop side (feature grid hand_size / 32);
     depth_bins: PositionNet depth bins (8); trans_hm: TransNet heatmap side and depth (64);
     sigma: its Gaussian sigma (2.5). The virtual camera scales with the crop: focal
-    5000 * hand_size / 256, principal point hand_size / 2 (upstream (5000, 128) at 256)."""
+    5000 * hand_size / 256, principal point hand_size / 2 (upstream (5000, 128) at 256).
+
+    cell_centres: False = upstream: PositionNet's soft-argmax gives cell INDICES (0..grid-1), while
+    its targets are continuous grid coordinates (a crop's centre at grid / 2), so predictions can
+    reach only [0, grid - 1]: 1/16 of the crop lost at upstream's 8x8 grid, but at a 2x2 grid (64 px
+    crops) only the crop's top-left quarter for a right hand (the mirrored left one: the mirror
+    image of that). True: cell centres (index + 0.5 on x, y and depth; features sampled at the
+    matching index), which reach the crop's middle where the hands are. Not upstream (its released weights need False)."""
 
     image_hw: Tuple[int, int] = (512, 384)
     body_downsample: int = 2
@@ -74,6 +82,7 @@ class Geometry:
     depth_bins: int = 8
     trans_hm: int = 64
     sigma: float = 2.5
+    cell_centres: bool = False
 
     @property
     def body_hw(self) -> Tuple[int, int]:
@@ -250,7 +259,8 @@ def rot6d_to_axis_angle(x: jnp.ndarray) -> jnp.ndarray:
 
 def unmirror_joint_img(joint_img: jnp.ndarray, hand_size: int, grid: int) -> jnp.ndarray:
     """Left-hand 2.5D joints predicted on the mirrored crop -> the un-mirrored crop:
-    x -> (hand_size - 1 - x s) / s with s = hand_size / grid (upstream (255 - 32 x) / 32)."""
+    x -> (hand_size - 1 - x s) / s with s = hand_size / grid (upstream (255 - 32 x) / 32): the
+    crop's pixel-index mirror, whichever ``Geometry.cell_centres``."""
     s = hand_size / grid
     return joint_img.at[..., 0].set((hand_size - 1 - joint_img[..., 0] * s) / s)
 
@@ -308,15 +318,16 @@ class BoxNet(nnx.Module):
 class PositionNet(nnx.Module):
     """1x1 conv to J * D channels (channel j * D + d) and a 3D soft-argmax -> (N, J, 3)."""
 
-    def __init__(self, in_ch: int, depth_bins: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, depth_bins: int, *, cell_centres: bool = False, rngs: nnx.Rngs):
         self.depth_bins = depth_bins
+        self.offset = 0.5 if cell_centres else 0.0  # Geometry.cell_centres
         self.conv = _conv(in_ch, NUM_JOINTS * depth_bins, 1, rngs)
 
     def __call__(self, feat):
         hm = self.conv(feat)  # (N, h, w, J * D)
         n, h, w, _ = hm.shape
         hm = hm.reshape(n, h, w, NUM_JOINTS, self.depth_bins).transpose(0, 3, 4, 1, 2)
-        return soft_argmax_3d(hm)
+        return soft_argmax_3d(hm) + self.offset
 
 
 class RotationNet(nnx.Module):
@@ -344,7 +355,8 @@ class RotationNet(nnx.Module):
         shape = self.shape_out(pooled)
         root_trans = self.root_trans(self.cam_out(pooled))
         x = nnx.relu(self.bn(self.conv(feat)))
-        sampled = sample_features(x, joint_img[..., :2])  # (N, J, C)
+        offset = 0.5 if self.geometry.cell_centres else 0.0  # grid coordinates -> feature indices
+        sampled = sample_features(x, joint_img[..., :2] - offset)  # (N, J, C)
         flat = jnp.concatenate([sampled, joint_img], -1).reshape(feat.shape[0], -1)
         root_pose = rot6d_to_axis_angle(self.root_pose_out(flat))
         hand_pose = rot6d_to_axis_angle(self.pose_out(flat).reshape(-1, 15, 6)).reshape(-1, 45)
@@ -435,7 +447,7 @@ class InterWildModel(nnx.Module):
         self.hand_backbone = build("backbone", hand_backbone, config_key="model.hand_backbone", rngs=rngs,
                                    conv_impl=conv_impl)
         nf = self.hand_backbone.num_features
-        self.hand_position_net = PositionNet(nf, geometry.depth_bins, rngs=rngs)
+        self.hand_position_net = PositionNet(nf, geometry.depth_bins, cell_centres=geometry.cell_centres, rngs=rngs)
         self.hand_rotation_net = RotationNet(nf, geometry, channels=rot_channels, rngs=rngs)
         self.hand_trans_net = TransNet(geometry, backbone=trans_backbone, conv_impl=conv_impl, rngs=rngs)
 

@@ -37,7 +37,8 @@ def geometry(cfg) -> iw.Geometry:
         raise ValueError(f"config key data.image_size={h}: InterWild's person crops are H x 3H/4 with H a "
                          f"multiple of 4")
     return iw.Geometry(image_hw=(h, 3 * h // 4), body_downsample=int(m.body_downsample), hand_size=int(m.hand_size),
-                       depth_bins=int(m.depth_bins), trans_hm=int(m.trans_hm), sigma=float(m.sigma))
+                       depth_bins=int(m.depth_bins), trans_hm=int(m.trans_hm), sigma=float(m.sigma),
+                       cell_centres=bool(m.get("cell_centres", False)))
 
 
 def build_model(cfg, seed: int = 0) -> iw.InterWildModel:
