@@ -74,7 +74,8 @@ class Geometry:
     reach only [0, grid - 1]: 1/16 of the crop lost at upstream's 8x8 grid, but at a 2x2 grid (64 px
     crops) only the crop's top-left quarter for a right hand (the mirrored left one: the mirror
     image of that). True: cell centres (index + 0.5 on x, y and depth; features sampled at the
-    matching index), which reach the crop's middle where the hands are. Not upstream (its released weights need False)."""
+    matching index), which reach the crop's middle where the hands are. Not upstream (its released
+    weights need False)."""
 
     image_hw: Tuple[int, int] = (512, 384)
     body_downsample: int = 2
