@@ -60,7 +60,8 @@ def test_cell_centres_positions_and_feature_sampling_hand_built():
 
     kw = dict(image_hw=(32, 24), hand_size=64, depth_bins=4, trans_hm=16, sigma=1.0)
     feat = jnp.asarray(np.random.default_rng(5).normal(size=(1, 2, 2, 6)), jnp.float32)  # hand grid 2x2
-    pos = {cc: iw.PositionNet(6, 4, cell_centres=cc, rngs=nnx.Rngs(1)) for cc in (False, True)}
+    pos = {cc: iw.PositionNet(6, 4, offset=iw.Geometry(**kw, cell_centres=cc).cell_offset, rngs=nnx.Rngs(1))
+           for cc in (False, True)}
     up, cc = (np.asarray(pos[c](feat)) for c in (False, True))
     np.testing.assert_allclose(cc, up + 0.5, atol=1e-6)
     # a uniform heatmap: the expected cell of a 2x2x4 grid is the crop's centre (1, 1, 2) only with cell centres

@@ -99,6 +99,11 @@ class Geometry:
         return _resnet_out(self.hand_size)
 
     @property
+    def cell_offset(self) -> float:
+        """Grid coordinate of cell index 0 (0.5 with ``cell_centres``, 0 upstream)."""
+        return 0.5 if self.cell_centres else 0.0
+
+    @property
     def focal(self) -> float:
         return UPSTREAM_FOCAL * self.hand_size / UPSTREAM_HAND
 
@@ -319,9 +324,9 @@ class BoxNet(nnx.Module):
 class PositionNet(nnx.Module):
     """1x1 conv to J * D channels (channel j * D + d) and a 3D soft-argmax -> (N, J, 3)."""
 
-    def __init__(self, in_ch: int, depth_bins: int, *, cell_centres: bool = False, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, depth_bins: int, *, offset: float = 0.0, rngs: nnx.Rngs):
         self.depth_bins = depth_bins
-        self.offset = 0.5 if cell_centres else 0.0  # Geometry.cell_centres
+        self.offset = offset  # Geometry.cell_offset
         self.conv = _conv(in_ch, NUM_JOINTS * depth_bins, 1, rngs)
 
     def __call__(self, feat):
@@ -356,8 +361,7 @@ class RotationNet(nnx.Module):
         shape = self.shape_out(pooled)
         root_trans = self.root_trans(self.cam_out(pooled))
         x = nnx.relu(self.bn(self.conv(feat)))
-        offset = 0.5 if self.geometry.cell_centres else 0.0  # grid coordinates -> feature indices
-        sampled = sample_features(x, joint_img[..., :2] - offset)  # (N, J, C)
+        sampled = sample_features(x, joint_img[..., :2] - self.geometry.cell_offset)  # (N, J, C) at cell indices
         flat = jnp.concatenate([sampled, joint_img], -1).reshape(feat.shape[0], -1)
         root_pose = rot6d_to_axis_angle(self.root_pose_out(flat))
         hand_pose = rot6d_to_axis_angle(self.pose_out(flat).reshape(-1, 15, 6)).reshape(-1, 45)
@@ -448,7 +452,7 @@ class InterWildModel(nnx.Module):
         self.hand_backbone = build("backbone", hand_backbone, config_key="model.hand_backbone", rngs=rngs,
                                    conv_impl=conv_impl)
         nf = self.hand_backbone.num_features
-        self.hand_position_net = PositionNet(nf, geometry.depth_bins, cell_centres=geometry.cell_centres, rngs=rngs)
+        self.hand_position_net = PositionNet(nf, geometry.depth_bins, offset=geometry.cell_offset, rngs=rngs)
         self.hand_rotation_net = RotationNet(nf, geometry, channels=rot_channels, rngs=rngs)
         self.hand_trans_net = TransNet(geometry, backbone=trans_backbone, conv_impl=conv_impl, rngs=rngs)
 

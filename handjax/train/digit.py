@@ -301,10 +301,9 @@ def labels_to_original(labels: np.ndarray, affine: np.ndarray, image_hw) -> np.n
 def blend_parts(image: np.ndarray, labels: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """Part colours (:func:`colorize_parts`) blended over a uint8 image (H, W, 3) where the label (H, W) is
     not background; background pixels keep the image."""
-    img = np.asarray(image, np.float32)
-    fg = (np.asarray(labels) > 0)[..., None] * np.float32(alpha)
-    out = img * (1 - fg) + colorize_parts(labels).astype(np.float32) * fg
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    from handjax.eval.visualize import overlay
+
+    return overlay(np.asarray(image), colorize_parts(labels) / 255.0, np.asarray(labels) > 0, alpha)
 
 
 def part_images(view) -> dict:
