@@ -37,7 +37,15 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per round")
+    p.add_argument("--malloc", default="keep", choices=["keep", "default"],
+                   help="glibc malloc: keep freed memory (handjax.host_memory, as handjax.main does) or glibc's "
+                        "default; set before either framework allocates, so it applies to both")
     a = p.parse_args(argv)
+
+    from handjax import host_memory  # does not import jax
+
+    os.environ["HANDJAX_MALLOC"] = a.malloc
+    malloc_kept = host_memory.keep_freed_memory()  # before jax and torch allocate
 
     import jax
     import jax.numpy as jnp
@@ -110,7 +118,8 @@ def main(argv=None):
             tstep()
         tt.append((time.perf_counter() - s) / a.steps * 1e3)
     jm, tm = statistics.median(jt), statistics.median(tt)
-    print(f"InterWild train step, batch {a.batch}, {h}x{w} crops, ResNet-{a.depth}, hand {a.hand}, heatmaps {a.hm}^3")
+    print(f"InterWild train step, batch {a.batch}, {h}x{w} crops, ResNet-{a.depth}, hand {a.hand}, heatmaps {a.hm}^3, "
+          f"malloc={a.malloc} (freed memory kept: {malloc_kept})")
     print(f"  handjax  {jm:9.1f} ms/step  (best {min(jt):.1f}; setup incl. compile {jax_setup:.1f} s)")
     print(f"  torch    {tm:9.1f} ms/step  (best {min(tt):.1f}; setup {torch_setup:.1f} s, {torch.get_num_threads()} "
           f"threads)")

@@ -3,8 +3,8 @@ hand crops (the left one mirrored), 2.5D joints + MANO per hand, and the relativ
 from Gaussian heatmaps of both hands' joints.
 
 Default: the built-in two-hand person-crop scenes (the `hires` build, 256x192; the body branch sees
-them at 128x96) with ResNet-18 branches, 64 px hand crops and 16^3 TransNet heatmaps, 400 steps,
-sized for a 2-core CPU (about 12 minutes idle; README "InterWild" has the table):
+them at 128x96) with ResNet-18 branches, 64 px hand crops and 16^3 TransNet heatmaps, 700 steps,
+sized for a 2-core CPU (13-18 minutes measured; README "InterWild" has the table):
 
   python -m handjax.main --config configs/interwild.py --workdir /tmp/interwild
 

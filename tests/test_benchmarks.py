@@ -27,3 +27,14 @@ def test_train_step_bench_runs_and_prints_ratios():
                          capture_output=True, text=True, timeout=600, env=dict(os.environ, XLA_FLAGS=""))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "jax/torch/1t" in out.stdout and "jax-xla/torch/1t" in out.stdout, out.stdout
+
+
+def test_interwild_bench_runs_and_prints_the_ratio():
+    """InterWild's train step (both branches) against the torch reference at toy sizes."""
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "interwild_bench.py"), "--size", "64",
+                          "--hand", "32", "--hm", "8", "--channels", "8", "--batch", "2", "--rounds", "1",
+                          "--steps", "1"], capture_output=True, text=True, timeout=900, env=dict(os.environ, XLA_FLAGS=""))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "malloc=keep (freed memory kept: True)" in out.stdout, out.stdout
+    assert re.search(r"ratio torch/handjax: [\d.]+x", out.stdout), out.stdout

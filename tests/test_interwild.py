@@ -1,6 +1,7 @@
 """InterWild's math pieces against torch and hand-computed / numpy references (handjax.models.interwild,
 handjax.losses.interwild, the evaluator's box IoU). Full-model runs live in test_interwild_system.py."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 import jax.numpy as jnp
@@ -20,6 +21,32 @@ def test_conv_transpose_matches_torch_k4_s2_p1():
     out = iw.conv_transpose_torch(jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(w.transpose(2, 3, 0, 1)))
     assert out.shape == (2, 10, 8, 6)
     np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,p", [(4, 2, 1), (6, 2, 2), (3, 1, 1), (5, 3, 1), (3, 2, 1), (4, 2, 0)])
+def test_conv_transpose_other_shapes_and_gradients_match_torch(k, s, p):
+    """The sub-pixel form (k - 2p = s: (4, 2, 1) upstream's, (6, 2, 2), (3, 1, 1), (5, 3, 1)) and the dilated
+    fallback (the rest) against torch, values and both gradients of a weighted sum."""
+    import jax
+
+    rng = np.random.default_rng(k * 100 + s * 10 + p)
+    x = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
+    w = rng.normal(size=(3, 2, k, k)).astype(np.float32)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ref = F.conv_transpose2d(xt, wt, stride=s, padding=p)
+    g = torch.tensor(rng.normal(size=ref.shape).astype(np.float32))
+    (ref * g).sum().backward()
+
+    def f(xj, wj):
+        return iw.conv_transpose_torch(xj, wj, stride=s, padding=p)
+
+    xj, wj = jnp.asarray(x.transpose(0, 2, 3, 1)), jnp.asarray(w.transpose(2, 3, 0, 1))
+    out = f(xj, wj)
+    np.testing.assert_allclose(np.asarray(out).transpose(0, 3, 1, 2), ref.detach().numpy(), rtol=1e-5, atol=1e-5)
+    gj = jnp.asarray(g.numpy().transpose(0, 2, 3, 1))
+    dx, dw = jax.grad(lambda a, b: jnp.sum(f(a, b) * gj), argnums=(0, 1))(xj, wj)
+    np.testing.assert_allclose(np.asarray(dx).transpose(0, 3, 1, 2), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dw).transpose(2, 3, 0, 1), wt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_conv_transpose_hand_built_single_pixel():
@@ -327,3 +354,57 @@ def test_unknown_crop_boxes_mode_is_a_config_error():
     cfg.train.crop_boxes = "gt"
     with pytest.raises(ValueError, match=r"config key train.crop_boxes must be one of .*'gt'"):
         T.SYSTEM.check(cfg)
+
+
+def test_hands_stage_cuts_at_labelled_boxes_and_trains_the_hand_branch_only():
+    """The ``hands`` warm-up stage: labelled boxes squared and doubled (the whole person crop's square where a hand
+    has no label; hand-computed), ``InterWildModel.hands`` equal to the whole model's hand outputs at those crops,
+    and its loss reaching the hand branch only (no gradient into the body branch or TransNet)."""
+    import jax
+    from flax import nnx
+
+    from handjax.configs.interwild import get_config
+    from handjax.losses.interwild import HAND_TERMS, TERMS
+
+    cfg = get_config("size=tiny")
+    g = T.geometry(cfg)
+    h, w = g.image_hw
+    model = T.build_model(cfg)
+    model.eval()
+    rng = np.random.default_rng(1)
+    boxes = jnp.asarray([[[8.0, 8.0, 12.0, 10.0], [2.0, 3.0, 8.0, 6.0]]] * 2, jnp.float32)
+    valid = jnp.asarray([[True, False], [True, True]])
+    crop = iw.labelled_crop_boxes(boxes, valid, (h, w))
+    side = max(h, w)
+    whole = [(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2]
+    np.testing.assert_allclose(np.asarray(crop), [[[6, 5, 14, 13], whole], [[6, 5, 14, 13], [-1, -1.5, 11, 10.5]]],
+                               atol=1e-5)
+    images = jnp.asarray(rng.uniform(size=(2, h, w, 3)), jnp.float32)
+    alone = model.hands(images, crop[:, 0], crop[:, 1])
+    full = model(images, crop_boxes=boxes, crop_valid=jnp.ones((2, 2), bool))
+    for key in ("joint_img", "root_pose", "hand_pose", "shape", "root_trans", "hand2orig"):
+        # row 2 (frame 0's left hand) left out: cut at the whole-crop square alone, at the unlabelled box in full
+        a, f = np.delete(np.asarray(alone[key]), 2, axis=0), np.delete(np.asarray(full[key]), 2, axis=0)
+        np.testing.assert_allclose(a, f, rtol=1e-5, atol=1e-5, err_msg=key)
+    assert set(HAND_TERMS) == set(TERMS) - {"iw_bbox_center", "iw_bbox_size", "iw_rel_trans"}
+
+    model.train()
+    labels = dict(image=jnp.asarray(rng.normal(size=(2, h, w, 3)), jnp.float32), hand_box=boxes, hand_valid=valid)
+    weights = {k: 1.0 for k in HAND_TERMS}
+    ahead = np.array([0.0, 0.0, 0.5])  # camera-frame points half a metre in front
+    batch = dict(labels, joint_valid=jnp.ones((2, 42)), joints2d=jnp.asarray(rng.uniform(4, 20, size=(2, 42, 2))),
+                 joints3d=jnp.asarray(rng.normal(size=(2, 42, 3)) * 0.05 + ahead), has_joints3d=jnp.ones(2),
+                 mano_valid=jnp.ones((2, 2)), mano_pose=jnp.asarray(rng.normal(size=(2, 2, 48)) * 0.2),
+                 betas=jnp.asarray(rng.normal(size=(2, 2, 10))), has_vertices=jnp.ones(2),
+                 vertices=jnp.asarray(rng.normal(size=(2, 2, 778, 3)) * 0.05 + ahead),
+                 K=jnp.asarray([[[30.0, 0, w / 2], [0, 30.0, h / 2], [0, 0, 1]]] * 2))
+    grads = nnx.grad(lambda m: T.hands_loss_fn(m, batch, None, geometry=g, mano_pair=T.mano_models(cfg),
+                                               weights=weights)[0])(model)
+    norms = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(grads, nnx.Param)):
+        top = str(getattr(path[0], "key", path[0]))
+        norms[top] = norms.get(top, 0.0) + float(jnp.sum(jnp.asarray(leaf) ** 2))
+    for top in ("body_backbone", "body_box_net", "hand_trans_net"):
+        assert norms[top] == 0.0, top
+    for top in ("hand_backbone", "hand_position_net", "hand_rotation_net"):
+        assert norms[top] > 0.0, top

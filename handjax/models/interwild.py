@@ -146,13 +146,41 @@ def conv_transpose_torch(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 2, p
     """``torch.nn.ConvTranspose2d(k, stride, padding, output_padding=0, bias=False)`` in NHWC.
 
     x (B, H, W, Cin); kernel (k, k, Cin, Cout) = torch's (Cin, Cout, k, k) weight transposed
-    (2, 3, 0, 1). Out (B, (H-1)s - 2p + k, ..., Cout): the input dilated by s, padded by k-1-p
-    and correlated with the spatially flipped kernel.
+    (2, 3, 0, 1). Out (B, (H-1)s - 2p + k, ..., Cout). Computed as its sub-pixel form where k - 2p = s
+    (upstream's k4 / s2 / p1: out = s x the input): output row s m + r sums x[m + d] W[t] over the taps
+    t = r + p - s d, so one stride-1 convolution of x to s^2 Cout channels (output phase (ry, rx) in
+    channel block ry s + rx, the kernel's missing taps zero) followed by depth-to-space gives every output.
+    The same products as the textbook form (the input dilated by s, padded by k-1-p and correlated with
+    the flipped kernel, used for other shapes), without the dilation's zeros: on XLA-CPU the dilated
+    convolution is 4-12x slower to differentiate (measured at BoxNet's shapes).
     """
-    k = kernel.shape[0]
-    pad = k - 1 - padding
-    return lax.conv_general_dilated(x, kernel[::-1, ::-1], window_strides=(1, 1), padding=((pad, pad), (pad, pad)),
-                                    lhs_dilation=(stride, stride), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    k, cin, cout = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    if k - 2 * padding != stride:
+        pad = k - 1 - padding
+        return lax.conv_general_dilated(x, kernel[::-1, ::-1], window_strides=(1, 1),
+                                        padding=((pad, pad), (pad, pad)), lhs_dilation=(stride, stride),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    taps = {(r, (r + padding - t) // stride): t for r in range(stride) for t in range(k)
+            if (r + padding - t) % stride == 0}  # (output phase r, input offset d) -> kernel tap t
+    lo, hi = min(d for _, d in taps), max(d for _, d in taps)
+    zero = jnp.zeros((cin, cout), kernel.dtype)
+
+    rows = []
+    for dy in range(lo, hi + 1):
+        cols = []
+        for dx in range(lo, hi + 1):
+            blocks = []
+            for ry in range(stride):
+                for rx in range(stride):
+                    ty, tx = taps.get((ry, dy)), taps.get((rx, dx))
+                    blocks.append(zero if ty is None or tx is None else kernel[ty, tx])
+            cols.append(jnp.stack(blocks, 1).reshape(cin, stride * stride * cout))
+        rows.append(jnp.stack(cols))
+    y = lax.conv_general_dilated(x, jnp.stack(rows), window_strides=(1, 1), padding=((-lo, hi), (-lo, hi)),
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    b, h, w, _ = y.shape
+    y = y.reshape(b, h, w, stride, stride, cout).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(b, h * stride, w * stride, cout)
 
 
 def soft_argmax_2d(heatmaps: jnp.ndarray) -> jnp.ndarray:
@@ -205,6 +233,15 @@ def reshape_box(box: jnp.ndarray, aspect_ratio=None, extension=1.0) -> jnp.ndarr
         w = jnp.where(w < aspect_ratio * h, h * aspect_ratio, w)
     w, h = w * extension, h * extension
     return jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+def labelled_crop_boxes(boxes: jnp.ndarray, valid: jnp.ndarray, image_hw: Tuple[int, int]) -> jnp.ndarray:
+    """Labelled hand boxes (B, 2, 4) xyxy person-crop pixels with valid (B, 2) -> the boxes the hand branch
+    cuts (squared and doubled as the predicted ones); the whole person crop's square where a hand has no label
+    (its terms are masked there)."""
+    h, w = image_hw
+    whole = reshape_box(jnp.array([0.0, 0.0, w, h], boxes.dtype), 1.0)
+    return jnp.where(jnp.asarray(valid, bool)[..., None], reshape_box(boxes, 1.0, 2.0), whole)
 
 
 def box_affine(box: jnp.ndarray, out_hw: Tuple[int, int]) -> jnp.ndarray:
@@ -485,7 +522,21 @@ class InterWildModel(nnx.Module):
                 use = jnp.ones(b, bool) if crop_valid is None else jnp.asarray(crop_valid[:, k], bool)
                 crop_box = jnp.where(use[:, None], given, crop_box)
             out[f"{side}_crop_box"] = lax.stop_gradient(crop_box)
-        o2h = box_affine(jnp.concatenate([out["rhand_crop_box"], out["lhand_crop_box"]]), (g.hand_size,) * 2)
+        hands = self.hands(images, out["rhand_crop_box"], out["lhand_crop_box"])
+        ji = lax.stop_gradient(hands["joint_img"])
+        h2o = lax.stop_gradient(hands["hand2orig"])
+        rel_trans = self.hand_trans_net(ji[:b], ji[b:], h2o[:b], h2o[b:])
+        out.update(hands, rel_trans=rel_trans)
+        return out
+
+    def hands(self, images: jnp.ndarray, rcrop_box: jnp.ndarray, lcrop_box: jnp.ndarray) -> Dict[str, jnp.ndarray]:
+        """The hand branch alone: person crops (B, H, W, 3) in [0, 1] and each hand's crop box (B, 4) xyxy
+        (already squared and enlarged; detached) -> orig2hand / hand2orig (2B, 2, 3), joint_img (2B, 21, 3)
+        and MANO root_pose, hand_pose, shape, root_trans, right hands first, the left ones un-mirrored.
+        ``__call__`` runs it at the box branch's crops; the ``hands`` training stage at the labelled ones."""
+        g = self.geometry
+        b = images.shape[0]
+        o2h = box_affine(jnp.concatenate([rcrop_box, lcrop_box]), (g.hand_size,) * 2)
         crops = lax.stop_gradient(crop_images(jnp.concatenate([images, images]), o2h, g.hand_size))
         crops = jnp.concatenate([crops[:b], crops[b:, :, ::-1]])  # the left crop mirrored
         feat = self.hand_backbone.features(crops)["layer4"]
@@ -497,13 +548,8 @@ class InterWildModel(nnx.Module):
         root_pose = jnp.where(left[:, None], unmirror_axis_angle(root_pose), root_pose)
         hand_pose = jnp.where(left[:, None], unmirror_axis_angle(hand_pose), hand_pose)
         root_trans = jnp.where(left[:, None], root_trans * jnp.array([-1.0, 1.0, 1.0]), root_trans)
-        hand2orig = invert_affine(o2h)
-        ji = lax.stop_gradient(joint_img)
-        h2o = lax.stop_gradient(hand2orig)
-        rel_trans = self.hand_trans_net(ji[:b], ji[b:], h2o[:b], h2o[b:])
-        out.update(orig2hand=o2h, hand2orig=hand2orig, joint_img=joint_img, root_pose=root_pose,
-                   hand_pose=hand_pose, shape=shape, root_trans=root_trans, rel_trans=rel_trans)
-        return out
+        return dict(orig2hand=o2h, hand2orig=invert_affine(o2h), joint_img=joint_img, root_pose=root_pose,
+                    hand_pose=hand_pose, shape=shape, root_trans=root_trans)
 
 
 # ----------------------------------------------------------------------------- MANO decode
@@ -569,7 +615,7 @@ def decode(raw: Dict[str, jnp.ndarray], geometry: Geometry, mano_right, mano_lef
     from handjax.mano.conventions import joint_remap
     from handjax.models.hand_output import make_hand_output
 
-    b = raw["rel_trans"].shape[0]
+    b = raw["root_pose"].shape[0] // 2  # right hands first, then the left ones
     order = joint_remap(interwild_convention(), convention)
     hands, coords = {}, {}
     for side, model, sl in (("right", mano_right, slice(0, b)), ("left", mano_left, slice(b, 2 * b))):

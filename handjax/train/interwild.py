@@ -1,4 +1,5 @@
-"""InterWild as a system: one training stage (both branches end to end) -> evaluation.
+"""InterWild as a system: [hands: optional warm-up, the hand branch alone at the labelled boxes] -> train (both
+branches end to end, upstream's one stage) -> evaluation.
 
 In order: the model (registered backbones + BoxNet / PositionNet / RotationNet / TransNet of
 ``handjax.models.interwild``), its loss terms (``handjax.losses.interwild``: InterWild's masks
@@ -85,6 +86,15 @@ def loss_fn(model, batch, rng, *, geometry, mano_pair, weights, crop_boxes: str 
     return loss_from_weights(pred, batch, weights, geometry.image_hw[0])
 
 
+def hands_loss_fn(model, batch, rng, *, geometry, mano_pair, weights):
+    """The hand branch alone at the labelled boxes (the ``hands`` stage): the weighted hand terms."""
+    del rng
+    boxes = iw.labelled_crop_boxes(batch["hand_box"], batch["hand_valid"], geometry.image_hw)
+    raw = model.hands(to_unit_range(batch["image"]), boxes[:, 0], boxes[:, 1])
+    pred = iw_losses.prediction(raw, geometry, *mano_pair)
+    return loss_from_weights(pred, batch, weights, geometry.image_hw[0])
+
+
 def _crop_mode(stage_cfg, name: str) -> str:
     mode = str(stage_cfg.get("crop_boxes", "predicted"))
     if mode not in CROP_BOXES:
@@ -97,6 +107,15 @@ def train_task(ctx) -> Task:
     mode = _crop_mode(ctx.stage_cfg, ctx.name)
     loss = functools.partial(loss_fn, geometry=geometry(cfg), mano_pair=mano_models(cfg),
                              weights=dict(ctx.stage_cfg.loss_weights), crop_boxes=mode)
+    return Task(build_model(cfg, seed=ctx.seed), loss)
+
+
+def hands_task(ctx) -> Task:
+    """An optional warm-up (not upstream, which starts from ImageNet ResNets): the hand branch alone, cut at the
+    labelled boxes, at ~0.4 of a whole step's cost; ``train`` starts from its weights when both run."""
+    cfg = ctx.cfg
+    loss = functools.partial(hands_loss_fn, geometry=geometry(cfg), mano_pair=mano_models(cfg),
+                             weights=dict(ctx.stage_cfg.loss_weights))
     return Task(build_model(cfg, seed=ctx.seed), loss)
 
 
@@ -416,7 +435,10 @@ def _check(cfg):
 SYSTEM = System(
     name="interwild",
     stages=(
-        TrainStage("train", train_task, data={"mode": "frame"}, loss_terms=iw_losses.TERMS),
+        TrainStage("hands", hands_task, data={"mode": "frame"}, loss_terms=iw_losses.HAND_TERMS),
+        # seed_from: the same seed (data order, draws) with or without the optional hands stage
+        TrainStage("train", train_task, data={"mode": "frame"}, init_from="hands", loss_terms=iw_losses.TERMS,
+                   seed_from="hands"),
         EvalStage("eval", model_from="train", model=lambda ctx: build_model(ctx.cfg, seed=ctx.seed),
                   predict=_eval_predict, evaluator=_evaluator, baselines=_baselines,
                   label=lambda ctx, trained_here: "InterWild", table=_table),
