@@ -4,7 +4,8 @@ from Gaussian heatmaps of both hands' joints.
 
 Default: the built-in two-hand person-crop scenes (the `hires` build, 256x192; the body branch sees
 them at 128x96) with ResNet-18 branches, 64 px hand crops and 16^3 TransNet heatmaps, 700 steps,
-sized for a 2-core CPU (13-18 minutes measured; README "InterWild" has the table):
+sized for a 2-core CPU (17.7 minutes in the measured run, ~13 at a faster run's step rate; README
+"InterWild" has the table and why):
 
   python -m handjax.main --config configs/interwild.py --workdir /tmp/interwild
 

@@ -380,8 +380,8 @@ def test_hands_stage_cuts_at_labelled_boxes_and_trains_the_hand_branch_only():
     np.testing.assert_allclose(np.asarray(crop), [[[6, 5, 14, 13], whole], [[6, 5, 14, 13], [-1, -1.5, 11, 10.5]]],
                                atol=1e-5)
     images = jnp.asarray(rng.uniform(size=(2, h, w, 3)), jnp.float32)
-    alone = model.hands(images, crop[:, 0], crop[:, 1])
-    full = model(images, crop_boxes=boxes, crop_valid=jnp.ones((2, 2), bool))
+    alone = nnx.jit(lambda m, x, c: m.hands(x, c[:, 0], c[:, 1]))(model, images, crop)
+    full = nnx.jit(lambda m, x, bx: m(x, crop_boxes=bx, crop_valid=jnp.ones((2, 2), bool)))(model, images, boxes)
     for key in ("joint_img", "root_pose", "hand_pose", "shape", "root_trans", "hand2orig"):
         # row 2 (frame 0's left hand) left out: cut at the whole-crop square alone, at the unlabelled box in full
         a, f = np.delete(np.asarray(alone[key]), 2, axis=0), np.delete(np.asarray(full[key]), 2, axis=0)
@@ -398,8 +398,9 @@ def test_hands_stage_cuts_at_labelled_boxes_and_trains_the_hand_branch_only():
                  betas=jnp.asarray(rng.normal(size=(2, 2, 10))), has_vertices=jnp.ones(2),
                  vertices=jnp.asarray(rng.normal(size=(2, 2, 778, 3)) * 0.05 + ahead),
                  K=jnp.asarray([[[30.0, 0, w / 2], [0, 30.0, h / 2], [0, 0, 1]]] * 2))
-    grads = nnx.grad(lambda m: T.hands_loss_fn(m, batch, None, geometry=g, mano_pair=T.mano_models(cfg),
-                                               weights=weights)[0])(model)
+    pair = T.mano_models(cfg)
+    grads = nnx.jit(nnx.grad(lambda m, b: T.hands_loss_fn(m, b, None, geometry=g, mano_pair=pair,
+                                                          weights=weights)[0]))(model, batch)
     norms = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(grads, nnx.Param)):
         top = str(getattr(path[0], "key", path[0]))

@@ -54,7 +54,7 @@ def get_config(arg=None):
                    keep_checkpoints=2, summary_every=0, eval_every=0, eval_split="test", eval_batches=0)
     num_steps = 700  # see the README's InterWild section for the measured time
     # crop_boxes: 'predicted' = upstream (hands cut at the box branch's detached boxes); 'ground_truth' cuts the
-    # training crops at the labelled boxes (not upstream; measured on the default: MPVPE 57.7 vs 58.9 mm, MRRPE
+    # training crops at the labelled boxes (not upstream; measured at 400 steps: MPVPE 57.7 vs 58.9 mm, MRRPE
     # 136.5 vs 127.3 mm, README). Evaluation and predict always crop at the predicted boxes.
     c.train = dict(num_steps=num_steps, batch_size=16, init_from="", loss_weights=dict(WEIGHTS),
                    crop_boxes="predicted",

@@ -37,8 +37,8 @@ from handjax.models import interwild as iw
 
 TERMS = ("iw_bbox_center", "iw_bbox_size", "iw_rel_trans", "iw_mano_pose", "iw_mano_shape", "iw_joint_cam",
          "iw_mesh_cam", "iw_joint_img", "iw_mano_joint_img", "iw_joint_proj")
-# the terms of the body branch's boxes and TransNet; the others supervise the hand branch alone (its ``hands``
-# warm-up stage in the short default, handjax.train.interwild)
+# the terms of the body branch's boxes and TransNet; the others supervise the hand branch alone (the optional
+# ``hands`` warm-up stage, handjax.train.interwild)
 BODY_TERMS = ("iw_bbox_center", "iw_bbox_size", "iw_rel_trans")
 HAND_TERMS = tuple(t for t in TERMS if t not in BODY_TERMS)
 WEIGHTS = dict(iw_bbox_center=1.0, iw_bbox_size=1.0, iw_rel_trans=1.0, iw_mano_pose=1.0, iw_mano_shape=1.0,

@@ -164,7 +164,6 @@ def conv_transpose_torch(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 2, p
             if (r + padding - t) % stride == 0}  # (output phase r, input offset d) -> kernel tap t
     lo, hi = min(d for _, d in taps), max(d for _, d in taps)
     zero = jnp.zeros((cin, cout), kernel.dtype)
-
     rows = []
     for dy in range(lo, hi + 1):
         cols = []
